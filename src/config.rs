@@ -1,0 +1,864 @@
+//! YAML configuration, read once into validated types.
+//!
+//! Two layers: raw serde structs that mirror the file (`deny_unknown_fields`, so a typo is an error,
+//! never a silently ignored key), converted once into [`Config`], whose values are already parsed
+//! (addresses, durations, header names, upstream URLs). Every YAML call of the configuration lives
+//! here. Errors name the file, the line, the key and what to do ([`ConfigError`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Uri};
+use serde::Deserialize;
+
+use crate::token::{Scope, Scopes};
+
+/// The example configuration, embedded so `bentogate serve` runs with no file at all.
+pub const EXAMPLE: &str = include_str!("../config.example.yaml");
+/// Name shown in errors about the embedded configuration.
+pub const EXAMPLE_NAME: &str = "<embedded config.example.yaml>";
+
+/// Default plain listener when `listeners` is omitted.
+pub const DEFAULT_LISTENER: &str = "127.0.0.1:8080";
+/// Default admin listener: loopback, since it serves metrics and (later) the control plane.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+/// Default token file, relative to the configuration file's folder.
+pub const DEFAULT_TOKEN_FILE: &str = "tokens.yaml";
+/// Default bound on cached token lookups.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
+/// Default life of a cached positive lookup (expiry and revocation are still enforced sooner).
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default life of a cached "unknown token" answer.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default wait for the upstream's response headers.
+pub const DEFAULT_RESPONSE_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default longest silence on an upstream body, and idle life of a pooled connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default limit on a request's header block.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Default time a client has to send its whole header block (slowloris guard).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit on open client connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default identity header carrying the caller's token uid.
+pub const DEFAULT_UID_HEADER: &str = "x-bentogate-token-uid";
+/// Default identity header carrying the caller's token name.
+pub const DEFAULT_NAME_HEADER: &str = "x-bentogate-token-name";
+/// Default identity header carrying the caller's owner (organization, or the user's name).
+pub const DEFAULT_OWNER_HEADER: &str = "x-bentogate-token-owner";
+
+/// A configuration that could not be used: which file, which line, which key, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config {path}: {source}; check the path given to --config")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file was read but a key or value is wrong.
+    #[error("{path}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        path: String,
+        /// 1-based line, where it is known.
+        line: Option<usize>,
+        /// The key, as a path (`deployments[1].policy`).
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Durations written as humantime strings (`250ms`, `30s`, `5m`).
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write it like 250ms, 30s or 5m"
+            ))
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listeners: Option<Vec<RawListener>>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    forwarding: RawForwarding,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: SocketAddr,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            address: SocketAddr::from_str(DEFAULT_ADMIN).unwrap_or(([127, 0, 0, 1], 9901).into()),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    #[serde(default)]
+    source: RawSourceKind,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawSourceKind {
+    #[default]
+    File,
+    Postgres,
+    Introspect,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    capacity: Option<u64>,
+    ttl: Option<Dur>,
+    negative_ttl: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawForwarding {
+    strip_authorization: Option<bool>,
+    #[serde(default)]
+    identity_headers: RawIdentityHeaders,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityHeaders {
+    token_uid: Option<String>,
+    token_name: Option<String>,
+    token_owner: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<Dur>,
+    response_headers: Option<Dur>,
+    idle: Option<Dur>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_header_bytes: Option<usize>,
+    header_read_timeout: Option<Dur>,
+    max_connections: Option<usize>,
+    drain_timeout: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    path_prefix: Option<String>,
+    upstream: String,
+    #[serde(default)]
+    upstream_protocol: UpstreamProtocol,
+    policy: RawPolicy,
+    #[serde(default)]
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    public_paths: Vec<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawPolicy {
+    Public,
+    Protected,
+    Monitoring,
+    Developer,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
+    level: Option<String>,
+    access: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    #[serde(default)]
+    worker_threads: usize,
+}
+
+/// A validated configuration: everything parsed, nothing left to fail at request time.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from, for messages.
+    pub origin: String,
+    /// Client-facing listeners.
+    pub listeners: Vec<SocketAddr>,
+    /// The admin listener (health, readiness, metrics).
+    pub admin: SocketAddr,
+    /// Token source and cache.
+    pub tokens: TokensConfig,
+    /// What forwarding does to requests.
+    pub forwarding: ForwardingConfig,
+    /// Protective limits.
+    pub limits: Limits,
+    /// Routes, in file order.
+    pub deployments: Vec<Deployment>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+/// Where tokens come from and how lookups are cached.
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// The token file (the only source in this build), resolved against the config's folder.
+    pub file: PathBuf,
+    /// Bound on cached lookups.
+    pub cache_capacity: u64,
+    /// Life of a cached positive lookup.
+    pub cache_ttl: Duration,
+    /// Life of a cached negative lookup.
+    pub negative_ttl: Duration,
+}
+
+/// Request rewriting and upstream timeouts.
+#[derive(Debug, Clone)]
+pub struct ForwardingConfig {
+    /// Remove `Authorization` before forwarding (the default).
+    pub strip_authorization: bool,
+    /// Identity headers, each optional (an empty string in the file turns one off).
+    pub identity: IdentityHeaders,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Wait for the upstream's response headers.
+    pub response_headers_timeout: Duration,
+    /// Longest silence on an upstream body; idle life of pooled connections.
+    pub idle_timeout: Duration,
+}
+
+/// Header names that tell the upstream who called.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// Carries the token uid.
+    pub token_uid: Option<HeaderName>,
+    /// Carries the token name.
+    pub token_name: Option<HeaderName>,
+    /// Carries the owner: `organization` or the user's name.
+    pub token_owner: Option<HeaderName>,
+}
+
+impl IdentityHeaders {
+    /// The configured names, for removing client-sent copies.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        [&self.token_uid, &self.token_name, &self.token_owner]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Protective limits on clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request header block accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// Time a client has to send its header block.
+    pub header_read_timeout: Duration,
+    /// Open connections per listener; beyond, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Time in-flight requests get after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+/// One deployment: how requests are matched, where they go, and who may pass.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// Unique name; what tokens name in their deployments list.
+    pub name: String,
+    /// Lower-case host names without port; empty means any host.
+    pub hosts: Vec<String>,
+    /// Path prefix, matched on segment boundaries; `/` matches everything.
+    pub path_prefix: String,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Who passes.
+    pub policy: Policy,
+    /// Exact paths that pass without a token (probes).
+    pub public_paths: Vec<String>,
+}
+
+/// An upstream origin: scheme and authority, no path.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` (https arrives with TLS support).
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// HTTP/1.1 or HTTP/2 prior knowledge (h2c).
+    pub protocol: UpstreamProtocol,
+}
+
+/// The protocol spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2; over plain http this is prior knowledge (h2c).
+    H2,
+}
+
+/// Who may pass a route (section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Everyone; the Authorization header is not read.
+    Public,
+    /// Tokens with Protected Endpoint Access to this deployment or to All Deployments.
+    Protected,
+    /// Monitoring tokens.
+    Monitoring,
+    /// Tokens holding all of these Developer Operations scopes.
+    Developer(Scopes),
+}
+
+/// Log output.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Pretty or JSON lines.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `bentogate=debug`).
+    pub level: String,
+    /// One access-log line per request.
+    pub access: bool,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded example configuration; its token file is relative to the working directory.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(EXAMPLE, EXAMPLE_NAME, Path::new("."))
+    }
+
+    /// Validates configuration text; relative paths in it are resolved against `base`.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+        Validator { text, origin }.validate(raw, base)
+    }
+}
+
+fn yaml_error(origin: &str, e: &serde_yaml::Error) -> ConfigError {
+    let full = e.to_string();
+    // serde_yaml says "path.to.key: what is wrong at line L column C"; split it back apart.
+    let without_location = match full.rfind(" at line ") {
+        Some(at) => &full[..at],
+        None => full.as_str(),
+    };
+    let (key, message) = match without_location.split_once(": ") {
+        Some((key, message)) if !key.contains(' ') => (key.to_owned(), message.to_owned()),
+        _ => ("(document)".to_owned(), without_location.to_owned()),
+    };
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        line: e.location().map(|l| l.line()),
+        key,
+        message: format!("{message} (config.example.yaml documents every key)"),
+    }
+}
+
+/// Turns raw structs into a [`Config`], locating semantic errors in the text.
+struct Validator<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: impl Into<String>, near: &[&str], message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_owned(),
+            line: find_line(self.text, near),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
+        let listeners = match raw.listeners {
+            None => vec![SocketAddr::from_str(DEFAULT_LISTENER)
+                .map_err(|e| self.error("listeners", &[], e.to_string()))?],
+            Some(l) if l.is_empty() => {
+                return Err(self.error(
+                    "listeners",
+                    &["listeners:"],
+                    "at least one listener is needed; add `- address: 0.0.0.0:8080`",
+                ))
+            }
+            Some(l) => l.into_iter().map(|l| l.address).collect(),
+        };
+        let tokens = self.tokens(raw.tokens, base)?;
+        let forwarding = self.forwarding(raw.forwarding)?;
+        let limits = self.limits(raw.limits)?;
+        let deployments = self.deployments(raw.deployments)?;
+        let log = LogConfig {
+            format: raw.log.format,
+            level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
+            access: raw.log.access.unwrap_or(true),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+            return Err(self.error(
+                "log.level",
+                &["level:"],
+                format!("`{}` is not a log filter; use error, warn, info, debug or trace", log.level),
+            ));
+        }
+        Ok(Config {
+            origin: self.origin.to_owned(),
+            listeners,
+            admin: raw.admin.address,
+            tokens,
+            forwarding,
+            limits,
+            deployments,
+            log,
+            worker_threads: raw.runtime.worker_threads,
+        })
+    }
+
+    fn tokens(&self, raw: RawTokens, base: &Path) -> Result<TokensConfig, ConfigError> {
+        match raw.source {
+            RawSourceKind::File => {}
+            RawSourceKind::Postgres | RawSourceKind::Introspect => {
+                return Err(self.error(
+                    "tokens.source",
+                    &["source:"],
+                    "only the `file` source is available in this build; use `source: file`",
+                ))
+            }
+        }
+        let file = base.join(raw.file.unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)));
+        let cache_capacity = raw.cache.capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
+        if cache_capacity == 0 {
+            return Err(self.error(
+                "tokens.cache.capacity",
+                &["capacity:"],
+                "must be at least 1; the default is 100000",
+            ));
+        }
+        let cache_ttl = raw.cache.ttl.map_or(DEFAULT_CACHE_TTL, |d| d.0);
+        let negative_ttl = raw.cache.negative_ttl.map_or(DEFAULT_NEGATIVE_TTL, |d| d.0);
+        if cache_ttl.is_zero() || negative_ttl.is_zero() {
+            return Err(self.error(
+                "tokens.cache",
+                &["ttl:"],
+                "ttl and negative_ttl must be longer than zero",
+            ));
+        }
+        Ok(TokensConfig {
+            file,
+            cache_capacity,
+            cache_ttl,
+            negative_ttl,
+        })
+    }
+
+    fn forwarding(&self, raw: RawForwarding) -> Result<ForwardingConfig, ConfigError> {
+        let header = |key: &str, value: Option<String>, default: &str| -> Result<Option<HeaderName>, ConfigError> {
+            let value = value.unwrap_or_else(|| default.to_owned());
+            if value.is_empty() {
+                return Ok(None);
+            }
+            let name = HeaderName::from_str(&value).map_err(|_| {
+                self.error(
+                    format!("forwarding.identity_headers.{key}"),
+                    &[key],
+                    format!("`{value}` is not a header name; use letters, digits and dashes"),
+                )
+            })?;
+            if name == http::header::AUTHORIZATION || name == http::header::HOST || is_hop_by_hop(&name) {
+                return Err(self.error(
+                    format!("forwarding.identity_headers.{key}"),
+                    &[key],
+                    format!("`{value}` is reserved; pick a name such as x-bentogate-{key}"),
+                ));
+            }
+            Ok(Some(name))
+        };
+        let identity = IdentityHeaders {
+            token_uid: header("token_uid", raw.identity_headers.token_uid, DEFAULT_UID_HEADER)?,
+            token_name: header("token_name", raw.identity_headers.token_name, DEFAULT_NAME_HEADER)?,
+            token_owner: header("token_owner", raw.identity_headers.token_owner, DEFAULT_OWNER_HEADER)?,
+        };
+        let t = raw.timeouts;
+        let timeouts = [
+            ("connect", t.connect.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)),
+            ("response_headers", t.response_headers.map_or(DEFAULT_RESPONSE_HEADERS_TIMEOUT, |d| d.0)),
+            ("idle", t.idle.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)),
+        ];
+        for (key, d) in timeouts {
+            if d.is_zero() {
+                return Err(self.error(
+                    format!("forwarding.timeouts.{key}"),
+                    &[key],
+                    "must be longer than zero",
+                ));
+            }
+        }
+        Ok(ForwardingConfig {
+            strip_authorization: raw.strip_authorization.unwrap_or(true),
+            identity,
+            connect_timeout: timeouts[0].1,
+            response_headers_timeout: timeouts[1].1,
+            idle_timeout: timeouts[2].1,
+        })
+    }
+
+    fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let max_header_bytes = raw.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(self.error(
+                "limits.max_header_bytes",
+                &["max_header_bytes:"],
+                "must be between 1024 and 1048576; the default is 16384",
+            ));
+        }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(self.error(
+                "limits.max_connections",
+                &["max_connections:"],
+                "must be at least 1; the default is 10000",
+            ));
+        }
+        let header_read_timeout = raw.header_read_timeout.map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.0);
+        if header_read_timeout.is_zero() {
+            return Err(self.error(
+                "limits.header_read_timeout",
+                &["header_read_timeout:"],
+                "must be longer than zero; the default is 10s",
+            ));
+        }
+        Ok(Limits {
+            max_header_bytes,
+            header_read_timeout,
+            max_connections,
+            drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
+        })
+    }
+
+    fn deployments(&self, raw: Vec<RawDeployment>) -> Result<Vec<Deployment>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.error(
+                "deployments",
+                &["deployments:"],
+                "at least one deployment is needed; see config.example.yaml",
+            ));
+        }
+        let mut out: Vec<Deployment> = Vec::with_capacity(raw.len());
+        for (i, d) in raw.into_iter().enumerate() {
+            let name_line = format!("name: {}", d.name);
+            let at = |field: &str| -> Vec<String> { vec![name_line.clone(), format!("{field}:")] };
+            let err = |field: &str, message: String| {
+                let near = at(field);
+                let near: Vec<&str> = near.iter().map(String::as_str).collect();
+                self.error(format!("deployments[{i}].{field}"), &near, message)
+            };
+            if d.name.is_empty()
+                || !d.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return Err(err("name", format!("`{}` is not a deployment name; use letters, digits, `-`, `_` and `.`", d.name)));
+            }
+            if out.iter().any(|o| o.name == d.name) {
+                return Err(err("name", format!("`{}` is used twice; deployment names must be unique", d.name)));
+            }
+            let mut hosts = Vec::with_capacity(d.hosts.len());
+            for h in &d.hosts {
+                let h = h.to_ascii_lowercase();
+                if h.is_empty() || h.contains(['/', ' ', ':']) {
+                    return Err(err("hosts", format!("`{h}` is not a host name; write it without scheme, port or path")));
+                }
+                hosts.push(h);
+            }
+            let path_prefix = normalize_prefix(d.path_prefix.as_deref().unwrap_or("/"))
+                .ok_or_else(|| err("path_prefix", "must start with `/`".to_owned()))?;
+            for o in &out {
+                let same_hosts = (o.hosts.is_empty() && hosts.is_empty())
+                    || o.hosts.iter().any(|h| hosts.contains(h));
+                if same_hosts && o.path_prefix == path_prefix {
+                    return Err(err(
+                        "path_prefix",
+                        format!("deployment `{}` already matches the same host and prefix `{path_prefix}`; give one a different path_prefix or hosts", o.name),
+                    ));
+                }
+            }
+            let upstream = parse_upstream(&d.upstream, d.upstream_protocol).map_err(|m| err("upstream", m))?;
+            let policy = match (d.policy, d.scopes.is_empty()) {
+                (RawPolicy::Developer, true) => {
+                    return Err(err("scopes", "policy `developer` needs the scopes it requires, e.g. `scopes: [read_cluster]`".to_owned()))
+                }
+                (RawPolicy::Developer, false) => Policy::Developer(Scopes::from_slice(&d.scopes)),
+                (_, false) => {
+                    return Err(err("scopes", "scopes apply only to policy `developer`; remove them or change the policy".to_owned()))
+                }
+                (RawPolicy::Public, true) => Policy::Public,
+                (RawPolicy::Protected, true) => Policy::Protected,
+                (RawPolicy::Monitoring, true) => Policy::Monitoring,
+            };
+            for p in &d.public_paths {
+                if !p.starts_with('/') || p.contains(['?', '#']) {
+                    return Err(err("public_paths", format!("`{p}` must be an exact path starting with `/`, without query")));
+                }
+            }
+            out.push(Deployment {
+                name: d.name,
+                hosts,
+                path_prefix,
+                upstream,
+                policy,
+                public_paths: d.public_paths,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `/api/` and `/api` are the same prefix; `/` stays `/`.
+fn normalize_prefix(p: &str) -> Option<String> {
+    if !p.starts_with('/') {
+        return None;
+    }
+    let trimmed = p.trim_end_matches('/');
+    Some(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+}
+
+fn parse_upstream(text: &str, protocol: UpstreamProtocol) -> Result<Upstream, String> {
+    let uri = Uri::from_str(text)
+        .map_err(|e| format!("`{text}` is not a URL ({e}); write it like http://127.0.0.1:3000"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => Scheme::HTTP,
+        Some("https") => {
+            return Err("https upstreams are not supported in this build yet; use http:// (a sidecar's upstream is on localhost)".to_owned())
+        }
+        _ => return Err(format!("`{text}` needs the scheme http://")),
+    };
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{text}` has no host; write it like http://127.0.0.1:3000"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the upstream URL are not supported; remove `user@`".to_owned());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{text}` must have no path or query; requests keep their own path"));
+    }
+    Ok(Upstream {
+        scheme,
+        authority,
+        protocol,
+    })
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), which a proxy must not forward.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TRAILER
+        || name == PROXY_AUTHORIZATION
+        || name == PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// The 1-based line of the first `needles[last]` found after `needles[..last]` in order.
+fn find_line(text: &str, needles: &[&str]) -> Option<usize> {
+    let mut lines = text.lines().enumerate();
+    let mut found = None;
+    for needle in needles {
+        found = None;
+        for (i, line) in lines.by_ref() {
+            let content = line.split('#').next().unwrap_or("");
+            if content.contains(needle) {
+                found = Some(i + 1);
+                break;
+            }
+        }
+        found?;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.yaml", Path::new("/etc/bentogate"))
+    }
+
+    const MINIMAL: &str = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n";
+
+    #[test]
+    fn the_example_is_valid() {
+        let c = Config::embedded().unwrap();
+        assert!(!c.deployments.is_empty());
+    }
+
+    #[test]
+    fn defaults_fill_what_is_omitted() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.listeners, vec![SocketAddr::from_str(DEFAULT_LISTENER).unwrap()]);
+        assert_eq!(c.tokens.file, Path::new("/etc/bentogate/tokens.yaml"));
+        assert_eq!(c.tokens.cache_ttl, DEFAULT_CACHE_TTL);
+        assert_eq!(c.limits.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert!(c.forwarding.strip_authorization);
+        assert_eq!(c.deployments[0].path_prefix, "/");
+        assert_eq!(c.deployments[0].policy, Policy::Protected);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    polcy: protected\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with("test.yaml:4:"), "{e}");
+        assert!(e.contains("deployments[0]"), "{e}");
+        assert!(e.contains("unknown field `polcy`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_says_how_to_write_one() {
+        let text = format!("{MINIMAL}limits:\n  drain_timeout: soon\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("test.yaml:6"), "{e}");
+        assert!(e.contains("30s"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_deployment() {
+        let text = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n  - name: b\n    upstream: http://127.0.0.1:3000\n    policy: developer\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "test.yaml:7: deployments[1].scopes: policy `developer` needs the scopes it requires, e.g. `scopes: [read_cluster]`"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_upstreams() {
+        for (u, want) in [
+            ("ftp://x", "http://"),
+            ("http://127.0.0.1:3000/base", "no path"),
+            ("not a url", "not a URL"),
+            ("https://x", "https"),
+        ] {
+            let text = MINIMAL.replace("http://127.0.0.1:3000", u);
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("deployments[0].upstream") && e.contains(want), "{u}: {e}");
+        }
+    }
+
+    #[test]
+    fn rejects_duplicate_routes_and_names() {
+        let dup_name = format!("{MINIMAL}  - name: a\n    upstream: http://127.0.0.1:3001\n    policy: public\n    path_prefix: /x\n");
+        assert!(parse(&dup_name).unwrap_err().to_string().contains("used twice"));
+        let dup_route = format!("{MINIMAL}  - name: b\n    upstream: http://127.0.0.1:3001\n    policy: public\n    path_prefix: /\n");
+        assert!(parse(&dup_route).unwrap_err().to_string().contains("same host and prefix"));
+    }
+
+    #[test]
+    fn reserved_identity_header_is_refused() {
+        let text = format!("{MINIMAL}forwarding:\n  identity_headers:\n    token_uid: authorization\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn unavailable_source_is_refused_clearly() {
+        let text = format!("{MINIMAL}tokens:\n  source: postgres\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("test.yaml:6: tokens.source"), "{e}");
+    }
+
+    #[test]
+    fn prefixes_are_normalized() {
+        assert_eq!(normalize_prefix("/api/").as_deref(), Some("/api"));
+        assert_eq!(normalize_prefix("/").as_deref(), Some("/"));
+        assert_eq!(normalize_prefix("api"), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! bentogate: an authorizing reverse proxy for protected Bento deployments.
+//!
+//! # Layout
+//!
+//! Leaves know nothing of the server; the pipeline uses them; dependencies point one way (down):
+//!
+//! ```text
+//! main.rs (bin)   command line, tracing, runtime; calls server::run or cli
+//! cli/            token and member commands against the local token file
+//! server.rs       listeners, accept loop, limits, graceful shutdown
+//! admin.rs        /healthz /readyz /metrics on the admin listener
+//! proxy/          the request pipeline in phase order: route, authorize, rewrite, forward, respond
+//! validator.rs    moka cache in front of a token source
+//! store/          token sources (file) and the token file format
+//! route.rs        host + longest-prefix route table
+//! auth.rs         Bearer parsing and the policy decision, pure functions
+//! metrics.rs      the metrics struct on an explicit registry
+//! config.rs       YAML -> validated Config
+//! token.rs        token values, digests, the Token record
+//! clock.rs        Unix seconds and timestamp formats
+//! ```
+//!
+//! The rule: nothing here logs, formats or returns a token value, except the creation path in `cli`.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod validator;

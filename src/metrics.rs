@@ -1,0 +1,192 @@
+//! Prometheus metrics on an explicit registry.
+//!
+//! Owns every metric bentogate exports. Label handles for routes are resolved once, when the route
+//! table is built ([`RouteMetrics`]), so the request path increments plain counters and never looks
+//! a label up or formats a string.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// How a request ended, the `outcome` label of `bentogate_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A token passed the route's policy and the request was forwarded.
+    Allowed,
+    /// A public route or public path: forwarded without reading a token.
+    Public,
+    /// 401: no, malformed, unknown, expired or revoked credentials.
+    Unauthorized,
+    /// 403: a live token without access to this deployment.
+    Forbidden,
+    /// 404: no route matched.
+    NotFound,
+    /// 400: bad framing or a duplicated Authorization header.
+    BadRequest,
+    /// 431: header block over the limit.
+    HeadersTooLarge,
+    /// 502: upstream refused, reset or spoke nonsense.
+    UpstreamError,
+    /// 504: upstream too slow.
+    UpstreamTimeout,
+    /// 503: the token source could not answer and nothing was cached.
+    SourceUnavailable,
+}
+
+impl Outcome {
+    /// Every outcome, in label-array order.
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Allowed,
+        Outcome::Public,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::NotFound,
+        Outcome::BadRequest,
+        Outcome::HeadersTooLarge,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+        Outcome::SourceUnavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Public => "public",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::NotFound => "not_found",
+            Outcome::BadRequest => "bad_request",
+            Outcome::HeadersTooLarge => "headers_too_large",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::SourceUnavailable => "source_unavailable",
+        }
+    }
+}
+
+/// All of bentogate's metrics. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    /// The registry `/metrics` gathers; explicit, so tests can run several servers in one process.
+    pub registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    /// Validator cache hits (positive or negative).
+    pub cache_hits: IntCounter,
+    /// Validator cache misses (a source lookup follows, shared by concurrent callers).
+    pub cache_misses: IntCounter,
+    /// Entries in the validator cache, refreshed at scrape time.
+    pub cache_entries: IntGauge,
+    /// Lookups the token source answered.
+    pub source_lookups: IntCounter,
+    /// Lookups the token source failed.
+    pub source_failures: IntCounter,
+    /// Token-file reloads by result (`success`, `error`).
+    pub token_file_reloads: IntCounterVec,
+    /// 1 when the last token-file read succeeded, 0 while an older set is being kept.
+    pub token_file_healthy: IntGauge,
+    /// Tokens in the current set (valid records, all owners).
+    pub tokens_loaded: IntGauge,
+}
+
+/// Pre-resolved handles for one deployment.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    outcomes: [IntCounter; Outcome::ALL.len()],
+    latency: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one finished request.
+    #[inline]
+    pub fn record(&self, outcome: Outcome, seconds: f64) {
+        self.outcomes[outcome as usize].inc();
+        self.latency.observe(seconds);
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics on a new registry.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("bentogate_requests_total", "Requests by deployment and outcome"),
+            &["deployment", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "bentogate_request_duration_seconds",
+                "Time from request headers to response headers, by deployment",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["deployment"],
+        )?;
+        let cache_hits = IntCounter::new("bentogate_token_cache_hits_total", "Validator cache hits")?;
+        let cache_misses = IntCounter::new("bentogate_token_cache_misses_total", "Validator cache misses")?;
+        let cache_entries = IntGauge::new("bentogate_token_cache_entries", "Entries in the validator cache")?;
+        let source_lookups = IntCounter::new("bentogate_token_source_lookups_total", "Token source lookups")?;
+        let source_failures = IntCounter::new(
+            "bentogate_token_source_failures_total",
+            "Token source lookups that failed",
+        )?;
+        let token_file_reloads = IntCounterVec::new(
+            Opts::new("bentogate_token_file_reloads_total", "Token file reads by result"),
+            &["result"],
+        )?;
+        let token_file_healthy = IntGauge::new(
+            "bentogate_token_file_healthy",
+            "1 when the last token file read succeeded; 0 while the last good set is kept",
+        )?;
+        let tokens_loaded = IntGauge::new("bentogate_tokens_loaded", "Tokens in the current set")?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("bentogate_build_info", "Build information; always 1"),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(cache_hits.clone()))?;
+        registry.register(Box::new(cache_misses.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(source_lookups.clone()))?;
+        registry.register(Box::new(source_failures.clone()))?;
+        registry.register(Box::new(token_file_reloads.clone()))?;
+        registry.register(Box::new(token_file_healthy.clone()))?;
+        registry.register(Box::new(tokens_loaded.clone()))?;
+        registry.register(Box::new(build_info))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            cache_hits,
+            cache_misses,
+            cache_entries,
+            source_lookups,
+            source_failures,
+            token_file_reloads,
+            token_file_healthy,
+            tokens_loaded,
+        })
+    }
+
+    /// Resolves the handles of one deployment; `""` is used for requests that matched no route.
+    pub fn for_route(&self, deployment: &str) -> RouteMetrics {
+        RouteMetrics {
+            outcomes: Outcome::ALL.map(|o| self.requests.with_label_values(&[deployment, o.as_str()])),
+            latency: self.latency.with_label_values(&[deployment]),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}

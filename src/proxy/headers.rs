@@ -1,0 +1,229 @@
+//! Header rewriting for forwarding (SPEC section 4).
+//!
+//! Owns what crosses the proxy: hop-by-hop headers are removed both ways (RFC 9110 section 7.6.1,
+//! including names listed in `Connection`); `X-Forwarded-For/Proto/Host` and `Via` (RFC 9110
+//! section 7.6.3) are set; Authorization is stripped by default; identity headers that arrive from
+//! the client are always removed before ours are added, so a caller can never spoof them.
+
+use std::net::IpAddr;
+
+use http::header::{AUTHORIZATION, CONNECTION, TE, VIA};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+
+use crate::config::{is_hop_by_hop, ForwardingConfig};
+use crate::token::{OwnerKind, Token};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const ORGANIZATION: HeaderValue = HeaderValue::from_static("organization");
+const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// The `Via` entry this proxy adds, by the protocol version it received.
+fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_2 => "2 bentogate",
+        Version::HTTP_10 => "1.0 bentogate",
+        _ => "1.1 bentogate",
+    })
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    // `TE: trailers` is end-to-end meaningful for HTTP/2 upstreams (gRPC); anything else goes.
+    let keep_te = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te = keep_te.then(|| headers.remove(TE)).flatten();
+    for name in [
+        CONNECTION,
+        TE,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::header::TRAILER,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        debug_assert!(is_hop_by_hop(&name));
+        headers.remove(name);
+    }
+    if let Some(te) = te {
+        headers.insert(TE, te);
+    }
+}
+
+/// Rewrites a request's headers for the upstream.
+pub fn rewrite_request(
+    headers: &mut HeaderMap,
+    config: &ForwardingConfig,
+    client: IpAddr,
+    version: Version,
+    host: Option<HeaderValue>,
+    token: Option<&Token>,
+) {
+    remove_hop_by_hop(headers);
+    if config.strip_authorization {
+        headers.remove(AUTHORIZATION);
+    }
+    for name in config.identity.names() {
+        headers.remove(name);
+    }
+    if let Some(t) = token {
+        let identity = &config.identity;
+        if let (Some(name), Ok(v)) = (&identity.token_uid, HeaderValue::from_str(&t.uid)) {
+            headers.insert(name.clone(), v);
+        }
+        if let (Some(name), Ok(v)) = (&identity.token_name, HeaderValue::from_str(&t.name)) {
+            headers.insert(name.clone(), v);
+        }
+        if let Some(name) = &identity.token_owner {
+            let owner = match t.kind {
+                OwnerKind::Organization => Ok(ORGANIZATION),
+                OwnerKind::Personal => HeaderValue::from_str(&t.user),
+            };
+            if let Ok(v) = owner {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+    append_forwarded_for(headers, client);
+    headers.insert(X_FORWARDED_PROTO.clone(), PROTO_HTTP);
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+    headers.append(VIA, via(version));
+}
+
+/// Rewrites an upstream response's headers for the client.
+pub fn rewrite_response(headers: &mut HeaderMap, version: Version) {
+    remove_hop_by_hop(headers);
+    headers.append(VIA, via(version));
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let ip = client.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => HeaderValue::from_str(&format!("{prior}, {ip}")),
+        _ => HeaderValue::from_str(&ip),
+    };
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::token::{Digest, Scopes};
+    use std::path::Path;
+
+    fn forwarding() -> ForwardingConfig {
+        let text = "deployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: public }\n";
+        Config::parse(text, "t", Path::new(".")).unwrap().forwarding
+    }
+
+    fn token(kind: OwnerKind) -> Token {
+        Token {
+            uid: "uid1".into(),
+            name: "ci".into(),
+            description: None,
+            digest: Digest::of(b"x"),
+            kind,
+            user: "ann".into(),
+            created_at: 0,
+            updated_at: 0,
+            expired_at: None,
+            last_used_at: None,
+            scopes: Scopes::default(),
+            deployments: vec!["a".into()],
+            all_deployments: false,
+            monitoring: false,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "gzip"),
+            ("x-end-to-end", "kept"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+        let mut h = headers(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn identity_headers_cannot_be_spoofed() {
+        let cfg = forwarding();
+        let mut h = headers(&[
+            ("x-bentogate-token-uid", "forged"),
+            ("x-bentogate-token-name", "forged"),
+            ("x-bentogate-token-owner", "forged"),
+            ("authorization", "Bearer secret"),
+        ]);
+        rewrite_request(&mut h, &cfg, "10.0.0.1".parse().unwrap(), Version::HTTP_11, None, None);
+        assert!(h.get("x-bentogate-token-uid").is_none());
+        assert!(h.get("x-bentogate-token-owner").is_none());
+        assert!(h.get("authorization").is_none());
+
+        let mut h = headers(&[("x-bentogate-token-uid", "forged")]);
+        let t = token(OwnerKind::Personal);
+        rewrite_request(&mut h, &cfg, "10.0.0.1".parse().unwrap(), Version::HTTP_11, None, Some(&t));
+        assert_eq!(h.get_all("x-bentogate-token-uid").iter().collect::<Vec<_>>(), ["uid1"]);
+        assert_eq!(h["x-bentogate-token-name"], "ci");
+        assert_eq!(h["x-bentogate-token-owner"], "ann");
+        let t = token(OwnerKind::Organization);
+        rewrite_request(&mut h, &cfg, "10.0.0.1".parse().unwrap(), Version::HTTP_11, None, Some(&t));
+        assert_eq!(h["x-bentogate-token-owner"], "organization");
+    }
+
+    #[test]
+    fn sets_forwarding_headers() {
+        let cfg = forwarding();
+        let mut h = headers(&[("x-forwarded-for", "203.0.113.9"), ("via", "1.1 edge")]);
+        rewrite_request(
+            &mut h,
+            &cfg,
+            "10.0.0.1".parse().unwrap(),
+            Version::HTTP_2,
+            Some(HeaderValue::from_static("a.example.com")),
+            None,
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.example.com");
+        assert_eq!(h.get_all("via").iter().collect::<Vec<_>>(), ["1.1 edge", "2 bentogate"]);
+    }
+}

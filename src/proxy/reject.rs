@@ -1,0 +1,182 @@
+//! Every answer bentogate gives itself, and its one mapping to HTTP.
+//!
+//! Bodies are short static JSON in the shape Bento servers use (`{"error": "..."}`); they never
+//! echo the request, so never a token. 401 and 403 carry `WWW-Authenticate` per RFC 6750 section 3.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::metrics::Outcome;
+
+/// Why the gateway answers instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// No deployment matches the host and path.
+    #[error("no route")]
+    NoRoute,
+    /// The path holds dot-segments, which could reach another route's upstream path.
+    #[error("dot segments in path")]
+    DotSegments,
+    /// More than one Authorization header.
+    #[error("duplicated authorization header")]
+    DuplicateAuthorization,
+    /// Header block over `limits.max_header_bytes`.
+    #[error("headers too large")]
+    HeadersTooLarge,
+    /// No credentials at all.
+    #[error("missing credentials")]
+    MissingCredentials,
+    /// Credentials in a scheme other than Bearer.
+    #[error("not a bearer credential")]
+    NotBearer,
+    /// A token was given but is malformed, unknown, expired or revoked.
+    #[error("invalid token")]
+    InvalidToken,
+    /// A live token without access to this deployment.
+    #[error("insufficient scope")]
+    InsufficientScope,
+    /// The upstream refused, reset, or answered nonsense.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not connect or answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+const REALM: HeaderValue = HeaderValue::from_static(r#"Bearer realm="bentogate""#);
+const REALM_INVALID: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="bentogate", error="invalid_token""#);
+const REALM_SCOPE: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="bentogate", error="insufficient_scope""#);
+const REALM_REQUEST: HeaderValue =
+    HeaderValue::from_static(r#"Bearer realm="bentogate", error="invalid_request""#);
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Reject {
+    /// Status, `WWW-Authenticate` value and body: the single place errors become HTTP.
+    fn parts(self) -> (StatusCode, Option<HeaderValue>, &'static str) {
+        match self {
+            Reject::NoRoute => (
+                StatusCode::NOT_FOUND,
+                None,
+                r#"{"error":"no deployment is served at this host and path; check the URL"}"#,
+            ),
+            Reject::DotSegments => (
+                StatusCode::BAD_REQUEST,
+                None,
+                r#"{"error":"the path contains . or .. segments; send the normalized path"}"#,
+            ),
+            Reject::DuplicateAuthorization => (
+                StatusCode::BAD_REQUEST,
+                Some(REALM_REQUEST),
+                r#"{"error":"send exactly one Authorization header"}"#,
+            ),
+            Reject::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                None,
+                r#"{"error":"request headers are too large; send fewer or smaller headers"}"#,
+            ),
+            Reject::MissingCredentials => (
+                StatusCode::UNAUTHORIZED,
+                Some(REALM),
+                r#"{"error":"authentication required: send Authorization: Bearer <token>"}"#,
+            ),
+            Reject::NotBearer => (
+                StatusCode::UNAUTHORIZED,
+                Some(REALM),
+                r#"{"error":"use the Bearer scheme: send Authorization: Bearer <token>"}"#,
+            ),
+            Reject::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                Some(REALM_INVALID),
+                r#"{"error":"invalid token: it is malformed, unknown, expired or revoked; ask your administrator for a valid one"}"#,
+            ),
+            Reject::InsufficientScope => (
+                StatusCode::FORBIDDEN,
+                Some(REALM_SCOPE),
+                r#"{"error":"this token has no access to this deployment; ask for a token that grants it"}"#,
+            ),
+            Reject::UpstreamUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                None,
+                r#"{"error":"the deployment is unavailable; try again later"}"#,
+            ),
+            Reject::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                r#"{"error":"the deployment did not answer in time; try again later"}"#,
+            ),
+        }
+    }
+
+    /// The metrics outcome of this answer.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Reject::NoRoute => Outcome::NotFound,
+            Reject::DotSegments | Reject::DuplicateAuthorization => Outcome::BadRequest,
+            Reject::HeadersTooLarge => Outcome::HeadersTooLarge,
+            Reject::MissingCredentials | Reject::NotBearer | Reject::InvalidToken => Outcome::Unauthorized,
+            Reject::InsufficientScope => Outcome::Forbidden,
+            Reject::UpstreamUnavailable => Outcome::UpstreamError,
+            Reject::UpstreamTimeout => Outcome::UpstreamTimeout,
+        }
+    }
+
+    /// The response; built from static parts, so it allocates only the response itself.
+    pub fn response(self) -> Response<Full<Bytes>> {
+        let (status, challenge, body) = self.parts();
+        let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *res.status_mut() = status;
+        res.headers_mut().insert(CONTENT_TYPE, JSON);
+        if let Some(c) = challenge {
+            res.headers_mut().insert(WWW_AUTHENTICATE, c);
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Reject; 10] = [
+        Reject::NoRoute,
+        Reject::DotSegments,
+        Reject::DuplicateAuthorization,
+        Reject::HeadersTooLarge,
+        Reject::MissingCredentials,
+        Reject::NotBearer,
+        Reject::InvalidToken,
+        Reject::InsufficientScope,
+        Reject::UpstreamUnavailable,
+        Reject::UpstreamTimeout,
+    ];
+
+    #[test]
+    fn each_reject_has_its_status() {
+        let want = [404, 400, 400, 431, 401, 401, 401, 403, 502, 504];
+        for (r, code) in ALL.iter().zip(want) {
+            assert_eq!(r.response().status().as_u16(), code, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn challenges_follow_rfc_6750() {
+        let h = |r: Reject| r.response().headers().get(WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(h(Reject::MissingCredentials).as_deref(), Some(r#"Bearer realm="bentogate""#));
+        assert!(h(Reject::InvalidToken).unwrap().ends_with(r#"error="invalid_token""#));
+        assert!(h(Reject::InsufficientScope).unwrap().ends_with(r#"error="insufficient_scope""#));
+        assert_eq!(h(Reject::NoRoute), None);
+    }
+
+    #[test]
+    fn bodies_are_json_objects_with_an_error() {
+        for r in ALL {
+            let (_, _, body) = r.parts();
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{r:?}");
+        }
+    }
+}

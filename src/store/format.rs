@@ -1,0 +1,250 @@
+//! The token file's format: organization, members and token records (never values).
+//!
+//! Owns parsing (YAML, or JSON for speed when the file starts with `{`), validation of the whole
+//! document, and serialization. Knows nothing of watching or locking.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::token::{Digest, OwnerKind, Token};
+
+/// The whole token file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// The organization every member and token belongs to.
+    #[serde(default)]
+    pub organization: Organization,
+    /// Users; a personal token is valid only while its user is an active member.
+    #[serde(default)]
+    pub members: Vec<Member>,
+    /// Token records.
+    #[serde(default)]
+    pub tokens: Vec<Token>,
+}
+
+/// The organization's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    /// Display name.
+    pub name: String,
+}
+
+impl Default for Organization {
+    fn default() -> Self {
+        Organization {
+            name: "default".to_owned(),
+        }
+    }
+}
+
+/// A user of the organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Unique user name.
+    pub name: String,
+    /// Contact address, shown by the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Admins create and delete organization tokens.
+    #[serde(default)]
+    pub role: Role,
+    /// A deactivated member's personal tokens are invalid, as if removed.
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A member's role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Manages her own personal tokens; sees organization tokens.
+    #[default]
+    Member,
+    /// Also creates and deletes organization tokens.
+    Admin,
+}
+
+/// The tokens a data plane accepts, indexed by digest. Personal tokens of users who are not
+/// active members are left out, so they fail like unknown tokens.
+#[derive(Debug, Default)]
+pub struct TokenSet {
+    by_digest: HashMap<Digest, Arc<Token>>,
+}
+
+impl TokenSet {
+    /// The live record for a digest.
+    #[inline]
+    pub fn get(&self, digest: &Digest) -> Option<&Arc<Token>> {
+        self.by_digest.get(digest)
+    }
+
+    /// Number of tokens accepted.
+    pub fn len(&self) -> usize {
+        self.by_digest.len()
+    }
+
+    /// True when no token is accepted.
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+impl TokenFile {
+    /// Parses and validates file text. `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<TokenFile, StoreError> {
+        let corrupt = |line: Option<usize>, message: String| StoreError::Corrupt {
+            path: origin.display().to_string(),
+            line,
+            message,
+        };
+        let file: TokenFile = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| corrupt(Some(e.line()), e.to_string()))?
+        } else if text.trim().is_empty() {
+            TokenFile::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                corrupt(e.location().map(|l| l.line()), e.to_string())
+            })?
+        };
+        file.validate().map_err(|m| corrupt(None, m))?;
+        Ok(file)
+    }
+
+    /// Checks what serde cannot: unique names, uids and digests, and that every token grants access.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut names = HashSet::with_capacity(self.members.len());
+        for m in &self.members {
+            if !names.insert(m.name.as_str()) {
+                return Err(format!("member `{}` is listed twice", m.name));
+            }
+        }
+        let mut uids = HashSet::with_capacity(self.tokens.len());
+        let mut digests = HashSet::with_capacity(self.tokens.len());
+        for t in &self.tokens {
+            if !uids.insert(t.uid.as_str()) {
+                return Err(format!("token uid `{}` is listed twice", t.uid));
+            }
+            if !digests.insert(t.digest) {
+                return Err(format!("token `{}` has the same digest as another token", t.uid));
+            }
+            if !t.has_access() {
+                return Err(format!(
+                    "token `{}` grants no access; give it deployments, all_deployments, scopes or monitoring",
+                    t.uid
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The member named `name`, if any.
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The tokens the data plane accepts now.
+    pub fn live_set(&self) -> TokenSet {
+        let active: HashSet<&str> = self
+            .members
+            .iter()
+            .filter(|m| m.active)
+            .map(|m| m.name.as_str())
+            .collect();
+        let by_digest = self
+            .tokens
+            .iter()
+            .filter(|t| t.kind == OwnerKind::Organization || active.contains(t.user.as_str()))
+            .map(|t| (t.digest, Arc::new(t.clone())))
+            .collect();
+        TokenSet { by_digest }
+    }
+
+    /// YAML text for the file, with a header saying what it is.
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        let body = serde_yaml::to_string(self)?;
+        Ok(format!(
+            "# bentogate token file: digests only, never token values. Edit with `bentogate token` / `bentogate member`.\n{body}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Scopes;
+
+    fn token(uid: &str, kind: OwnerKind, user: &str) -> Token {
+        Token {
+            uid: uid.to_owned(),
+            name: uid.to_owned(),
+            description: None,
+            digest: Digest::of(uid.as_bytes()),
+            kind,
+            user: user.to_owned(),
+            created_at: 0,
+            updated_at: 0,
+            expired_at: None,
+            last_used_at: None,
+            scopes: Scopes::default(),
+            deployments: vec!["a".to_owned()],
+            all_deployments: false,
+            monitoring: false,
+        }
+    }
+
+    #[test]
+    fn personal_tokens_die_with_membership() {
+        let mut f = TokenFile::default();
+        f.members.push(Member { name: "ann".into(), email: None, role: Role::Member, active: true });
+        f.members.push(Member { name: "bob".into(), email: None, role: Role::Member, active: false });
+        f.tokens.push(token("t1", OwnerKind::Personal, "ann"));
+        f.tokens.push(token("t2", OwnerKind::Personal, "bob"));
+        f.tokens.push(token("t3", OwnerKind::Personal, "gone"));
+        f.tokens.push(token("t4", OwnerKind::Organization, "gone"));
+        let set = f.live_set();
+        assert!(set.get(&Digest::of(b"t1")).is_some());
+        assert!(set.get(&Digest::of(b"t2")).is_none());
+        assert!(set.get(&Digest::of(b"t3")).is_none());
+        assert!(set.get(&Digest::of(b"t4")).is_some());
+    }
+
+    #[test]
+    fn round_trips_through_yaml_and_json() {
+        let mut f = TokenFile::default();
+        f.tokens.push(token("t1", OwnerKind::Organization, "ann"));
+        let yaml = f.to_yaml().unwrap();
+        let back = TokenFile::parse(&yaml, Path::new("t.yaml")).unwrap();
+        assert_eq!(back.tokens, f.tokens);
+        let json = serde_json::to_string(&f).unwrap();
+        let back = TokenFile::parse(&json, Path::new("t.yaml")).unwrap();
+        assert_eq!(back.tokens, f.tokens);
+    }
+
+    #[test]
+    fn duplicates_and_accessless_tokens_are_corrupt() {
+        let mut f = TokenFile::default();
+        f.tokens.push(token("t1", OwnerKind::Organization, "ann"));
+        f.tokens.push(token("t1", OwnerKind::Organization, "ann"));
+        assert!(f.validate().unwrap_err().contains("twice"));
+        f.tokens.pop();
+        f.tokens[0].deployments.clear();
+        assert!(f.validate().unwrap_err().contains("no access"));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let e = TokenFile::parse("tokens:\n  - uid: [\n", Path::new("t.yaml")).unwrap_err();
+        assert!(e.to_string().starts_with("t.yaml:"), "{e}");
+    }
+}

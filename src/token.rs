@@ -1,0 +1,439 @@
+//! Token values and token records.
+//!
+//! Owns the shape of a bentogate token value (`bgt_` + 30 base62 characters from the OS CSPRNG,
+//! about 178 bits, + a 6-character CRC-32 checksum), its SHA-256 digest, and the [`Token`] record
+//! with its access. A value is never stored, logged or formatted by anything here except
+//! [`Secret::expose`], which the creation path alone calls.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::clock::{self, UnixSeconds};
+
+/// The fixed prefix of every value bentogate issues; it makes leaked tokens easy to scan for.
+pub const PREFIX: &str = "bgt_";
+const RANDOM_LEN: usize = 30;
+const CHECKSUM_LEN: usize = 6;
+/// Length of a value bentogate issues.
+pub const VALUE_LEN: usize = PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
+/// Bounds for values issued elsewhere (BentoCloud and Yatai issue 20 characters with no prefix).
+const FOREIGN_MIN_LEN: usize = 16;
+const FOREIGN_MAX_LEN: usize = 512;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A SHA-256 digest of a token value: the only form in which a token is kept or looked up.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Digests a token value.
+    #[inline]
+    pub fn of(value: &[u8]) -> Self {
+        Digest(Sha256::digest(value).into())
+    }
+
+    /// Reads `sha256:<64 hex>` or bare hex, the forms the token file and imports use.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut out).ok()?;
+        Some(Digest(out))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Digest::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom("digest must be `sha256:` followed by 64 hex digits")
+        })
+    }
+}
+
+/// Why a presented value was refused before any lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Carries the bentogate prefix but its length or checksum is wrong (a typo or a forgery).
+    BadChecksum,
+    /// Not a token68 string of plausible length (RFC 6750 section 2.1).
+    BadShape,
+}
+
+/// Checks a presented value's shape without any lookup: bentogate values by their checksum,
+/// foreign values (imported from BentoCloud or Yatai) by charset and length.
+#[inline]
+pub fn check(value: &[u8]) -> Result<(), Malformed> {
+    if value.starts_with(PREFIX.as_bytes()) {
+        if value.len() != VALUE_LEN {
+            return Err(Malformed::BadChecksum);
+        }
+        let (body, sum) = value.split_at(VALUE_LEN - CHECKSUM_LEN);
+        if !body[PREFIX.len()..].iter().all(u8::is_ascii_alphanumeric) {
+            return Err(Malformed::BadChecksum);
+        }
+        if sum != checksum(body) {
+            return Err(Malformed::BadChecksum);
+        }
+        return Ok(());
+    }
+    if !(FOREIGN_MIN_LEN..=FOREIGN_MAX_LEN).contains(&value.len()) || !is_token68(value) {
+        return Err(Malformed::BadShape);
+    }
+    Ok(())
+}
+
+/// RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+fn is_token68(value: &[u8]) -> bool {
+    let body_end = value
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(0, |i| i + 1);
+    body_end > 0
+        && value[..body_end]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+}
+
+#[inline]
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut n = crc32fast::hash(body) as u64;
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+/// A token value, held only between generation (or reading user input) and digesting it.
+/// Its `Debug` and `Display` are redacted so it can never reach a log by accident.
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value that came from the user (an import), so it is handled as a secret from here.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// Generates a new bentogate value from the OS CSPRNG.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut value = String::with_capacity(VALUE_LEN);
+        value.push_str(PREFIX);
+        let mut pool = [0u8; 64];
+        let mut drawn = 0;
+        while drawn < RANDOM_LEN {
+            getrandom::fill(&mut pool)?;
+            // Rejection sampling keeps every character uniform: 248 = 4 * 62.
+            for &b in pool.iter().filter(|&&b| b < 248) {
+                if drawn == RANDOM_LEN {
+                    break;
+                }
+                value.push(BASE62[(b % 62) as usize] as char);
+                drawn += 1;
+            }
+        }
+        let sum = checksum(value.as_bytes());
+        value.extend(sum.iter().map(|&b| b as char));
+        Ok(Secret(value))
+    }
+
+    /// The digest under which this value is stored.
+    pub fn digest(&self) -> Digest {
+        Digest::of(self.0.as_bytes())
+    }
+
+    /// The value itself, for the creation response and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A random identifier for records (tokens), unrelated to any value.
+pub fn new_uid() -> Result<String, getrandom::Error> {
+    let mut raw = [0u8; 10];
+    getrandom::fill(&mut raw)?;
+    Ok(hex::encode(raw))
+}
+
+/// A Developer Operations scope (section 2): what a token may do through the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[clap(rename_all = "snake_case")]
+pub enum Scope {
+    /// Use the control-plane API at all.
+    Api,
+    /// Read organization data (members, organization tokens).
+    ReadOrganization,
+    /// Change organization data (create or delete organization tokens).
+    WriteOrganization,
+    /// Read cluster resources.
+    ReadCluster,
+    /// Change cluster resources.
+    WriteCluster,
+}
+
+impl Scope {
+    /// Every scope, in the order they are listed.
+    pub const ALL: [Scope; 5] = [
+        Scope::Api,
+        Scope::ReadOrganization,
+        Scope::WriteOrganization,
+        Scope::ReadCluster,
+        Scope::WriteCluster,
+    ];
+
+    /// The scope's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Api => "api",
+            Scope::ReadOrganization => "read_organization",
+            Scope::WriteOrganization => "write_organization",
+            Scope::ReadCluster => "read_cluster",
+            Scope::WriteCluster => "write_cluster",
+        }
+    }
+}
+
+/// A set of scopes as a bit set, so a route's requirement is checked with one AND.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// The set holding exactly these scopes.
+    pub fn from_slice(scopes: &[Scope]) -> Self {
+        Scopes(scopes.iter().fold(0, |acc, s| acc | (1 << *s as u8)))
+    }
+
+    /// True when every scope of `required` is in `self`.
+    #[inline]
+    pub fn contains_all(self, required: Scopes) -> bool {
+        self.0 & required.0 == required.0
+    }
+
+    /// True for the empty set.
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// The scopes in listing order.
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::ALL
+            .into_iter()
+            .filter(move |s| self.0 & (1 << *s as u8) != 0)
+    }
+}
+
+impl Serialize for Scopes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Scopes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Scopes::from_slice(&Vec::<Scope>::deserialize(d)?))
+    }
+}
+
+/// Who a token belongs to (section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerKind {
+    /// Belongs to the organization: stays valid whoever created it.
+    Organization,
+    /// Belongs to its user: dies when the user leaves the organization.
+    Personal,
+}
+
+/// A token record as kept by a source: everything but the value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    /// Stable public identifier, safe to log and to return.
+    pub uid: String,
+    /// Human name chosen at creation.
+    pub name: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// SHA-256 of the value.
+    pub digest: Digest,
+    /// Organization or personal.
+    pub kind: OwnerKind,
+    /// The creating user; for a personal token, its owner.
+    pub user: String,
+    /// Creation time.
+    #[serde(with = "rfc3339")]
+    pub created_at: UnixSeconds,
+    /// Last change.
+    #[serde(with = "rfc3339")]
+    pub updated_at: UnixSeconds,
+    /// Expiry; none means never.
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<UnixSeconds>,
+    /// Last time the data plane saw it (batched, may be a few seconds late).
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<UnixSeconds>,
+    /// Developer Operations Access.
+    #[serde(default, skip_serializing_if = "Scopes::is_empty")]
+    pub scopes: Scopes,
+    /// Protected Endpoint Access to these deployments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<String>,
+    /// Protected Endpoint Access to All Deployments.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub all_deployments: bool,
+    /// May read metrics (routes with the `monitoring` policy).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub monitoring: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Token {
+    /// True from the second the token expires.
+    #[inline]
+    pub fn is_expired(&self, now: UnixSeconds) -> bool {
+        self.expired_at.is_some_and(|at| now >= at)
+    }
+
+    /// True when the token may reach the deployment named `deployment` (a `protected` route).
+    #[inline]
+    pub fn reaches(&self, deployment: &str) -> bool {
+        self.all_deployments || self.deployments.iter().any(|d| d == deployment)
+    }
+
+    /// True when the token grants at least one kind of access, as every token must.
+    pub fn has_access(&self) -> bool {
+        !self.scopes.is_empty() || self.all_deployments || !self.deployments.is_empty() || self.monitoring
+    }
+}
+
+mod rfc3339 {
+    use crate::clock::{self, UnixSeconds};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &UnixSeconds, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&clock::format(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnixSeconds, D::Error> {
+        let text = String::deserialize(d)?;
+        clock::parse_absolute(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod rfc3339_opt {
+    use crate::clock::{self, UnixSeconds};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<UnixSeconds>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&clock::format(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UnixSeconds>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => clock::parse_absolute(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Formats an optional time for tables: `-` for none.
+pub fn show_time(t: Option<UnixSeconds>) -> String {
+    t.map_or_else(|| "-".to_owned(), clock::format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_values_pass_their_own_check() {
+        for _ in 0..100 {
+            let s = Secret::generate().unwrap();
+            assert_eq!(s.expose().len(), VALUE_LEN);
+            assert!(s.expose().starts_with(PREFIX));
+            assert_eq!(check(s.expose().as_bytes()), Ok(()));
+        }
+    }
+
+    #[test]
+    fn generated_values_differ() {
+        let a = Secret::generate().unwrap();
+        let b = Secret::generate().unwrap();
+        assert_ne!(a.expose(), b.expose());
+    }
+
+    #[test]
+    fn a_single_changed_character_fails_the_checksum() {
+        let s = Secret::generate().unwrap();
+        let mut v = s.expose().as_bytes().to_vec();
+        v[10] = if v[10] == b'a' { b'b' } else { b'a' };
+        assert_eq!(check(&v), Err(Malformed::BadChecksum));
+        assert_eq!(check(&v[..VALUE_LEN - 1]), Err(Malformed::BadChecksum));
+    }
+
+    #[test]
+    fn foreign_values_are_checked_by_shape_only() {
+        assert_eq!(check(b"abcdefghij0123456789"), Ok(()));
+        assert_eq!(check(b"short"), Err(Malformed::BadShape));
+        assert_eq!(check(b"abcdefghij01234567\"9"), Err(Malformed::BadShape));
+        assert_eq!(check(b"abcdefghij0123456789=="), Ok(()));
+        assert_eq!(check(b"================"), Err(Malformed::BadShape));
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::generate().unwrap();
+        assert!(!format!("{s:?}").contains(&s.expose()[4..]));
+    }
+
+    #[test]
+    fn digest_round_trips_through_text() {
+        let d = Digest::of(b"x");
+        assert_eq!(Digest::parse(&d.to_string()), Some(d));
+        assert_eq!(Digest::parse("sha256:zz"), None);
+    }
+
+    #[test]
+    fn scopes_are_a_set() {
+        let have = Scopes::from_slice(&[Scope::Api, Scope::ReadCluster]);
+        assert!(have.contains_all(Scopes::from_slice(&[Scope::ReadCluster])));
+        assert!(!have.contains_all(Scopes::from_slice(&[Scope::WriteCluster])));
+        assert_eq!(have.iter().collect::<Vec<_>>(), vec![Scope::Api, Scope::ReadCluster]);
+    }
+}
