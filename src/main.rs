@@ -1,1 +1,126 @@
-fn main(){}
+//! The `bentogate` binary: parses the command line, sets up tracing and the runtime, and hands
+//! over to the library. Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bentogate::cli::{self, Cli, Command};
+use bentogate::config::{Config, LogFormat};
+use bentogate::server::{self, Listeners};
+use bentogate::store::TokenFile;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(arg) => match cli::load_config(arg.config.as_deref()) {
+            Ok(config) => serve(config),
+            Err(e) => fail(2, &e.to_string()),
+        },
+        Command::Check(arg) => check(arg.config.as_deref()),
+        Command::Token { command, common } => with_token_file(&common, |file, out| {
+            cli::token(command, file, common.output, out)
+        }),
+        Command::Member { command, common } => with_token_file(&common, |file, out| {
+            cli::member(command, file, common.output, out)
+        }),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("bentogate: {message}");
+    ExitCode::from(code)
+}
+
+fn with_token_file(
+    common: &cli::Common,
+    run: impl FnOnce(&std::path::Path, &mut dyn Write) -> Result<(), cli::CliError>,
+) -> ExitCode {
+    let config = match cli::load_config(common.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let mut out = std::io::stdout().lock();
+    match run(&config.tokens.file, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+    }
+}
+
+fn check(path: Option<&std::path::Path>) -> ExitCode {
+    let config = match cli::load_config(path) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let file = &config.tokens.file;
+    let tokens = match std::fs::read_to_string(file) {
+        Ok(text) => match TokenFile::parse(&text, file) {
+            Ok(f) => format!("{} tokens in {}", f.tokens.len(), file.display()),
+            Err(e) => return fail(2, &e.to_string()),
+        },
+        Err(_) => format!("{} does not exist yet; serve creates it empty", file.display()),
+    };
+    println!(
+        "{}: OK ({} deployments, {} listeners; {tokens})",
+        config.origin,
+        config.deployments.len(),
+        config.listeners.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_tracing(&config);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let result = runtime
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(serve_until_signal(config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "bentogate stopped");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    tracing::info!(
+        proxy_addr = %listeners.proxy_addrs().first().map(|a| a.to_string()).unwrap_or_default(),
+        admin_addr = %listeners.admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+        config = %config.origin,
+        tokens = %config.tokens.file.display(),
+        "listening"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    };
+    server::run(config, listeners, shutdown).await?;
+    Ok(())
+}

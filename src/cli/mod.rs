@@ -1,1 +1,463 @@
-//! CLI
+//! The command line: `serve`, `check`, `token` and `member`.
+//!
+//! Owns argument parsing (clap) and the token and member commands against the local token file.
+//! Token values are printed once, by `token create`; nothing else here ever sees one, except
+//! `token import`, which digests what it reads and forgets it.
+
+mod output;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::clock;
+use crate::config::{Config, ConfigError};
+use crate::store::file::update;
+use crate::store::{Member, Role, StoreError, TokenFile};
+use crate::token::{self, Digest, OwnerKind, Scope, Scopes, Secret, Token};
+pub use output::Output;
+
+/// bentogate: an authorizing reverse proxy for protected Bento deployments.
+#[derive(Debug, Parser)]
+#[command(name = "bentogate", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (and its admin listener) until SIGTERM.
+    Serve(ConfigArg),
+    /// Validate a configuration (and its token file) and exit: 0 valid, 2 invalid.
+    Check(ConfigArg),
+    /// Create, list, get, delete and import tokens in the configured token file.
+    Token {
+        /// The token command.
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// Where the token file is and how to print.
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Add, remove, promote and list members of the organization.
+    Member {
+        /// The member command.
+        #[command(subcommand)]
+        command: MemberCommand,
+        /// Where the token file is and how to print.
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// `--config FILE`; without it, the embedded example configuration.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The YAML configuration; without it the embedded config.example.yaml is used.
+    #[arg(long, short = 'c', env = "BENTOGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Options shared by the token and member commands.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The configuration whose token file to edit (default: embedded, ./tokens.yaml).
+    #[arg(long, short = 'c', global = true, env = "BENTOGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its value, this once.
+    Create(CreateArgs),
+    /// List tokens (never their values).
+    List {
+        /// Only tokens whose name, uid or description contains this text.
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// Show one token.
+    Get {
+        /// The token's uid.
+        uid: String,
+    },
+    /// Delete a token; the data plane rejects it within a second.
+    Delete {
+        /// The token's uid.
+        uid: String,
+    },
+    /// Import tokens issued elsewhere (by value or SHA-256 digest) from a YAML or JSON list.
+    Import {
+        /// The file to read; see the README for its format.
+        file: PathBuf,
+    },
+}
+
+/// What `token create` takes.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name for people.
+    pub name: String,
+    /// A Developer Operations scope; repeat for several.
+    #[arg(long = "scope", value_enum)]
+    pub scopes: Vec<Scope>,
+    /// Expiry: a duration from now (30d, 1w, 24h) or a date or time (2026-12-31, RFC 3339).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Free text.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A deployment the token may call; repeat for several.
+    #[arg(long = "deployment")]
+    pub deployments: Vec<String>,
+    /// The token may call every deployment.
+    #[arg(long, conflicts_with = "deployments")]
+    pub all_deployments: bool,
+    /// An organization token (the default): valid whoever created it.
+    #[arg(long, conflicts_with = "user")]
+    pub org: bool,
+    /// A personal token of this member: it dies when the member leaves.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The token may read routes with the `monitoring` policy.
+    #[arg(long)]
+    pub monitoring: bool,
+}
+
+/// Member commands.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a member.
+    Add {
+        /// Unique user name.
+        name: String,
+        /// Contact address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Make the member an admin.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Remove a member and delete her personal tokens.
+    Remove {
+        /// The member.
+        name: String,
+    },
+    /// Make a member an admin.
+    Promote {
+        /// The member.
+        name: String,
+    },
+    /// List members.
+    List,
+}
+
+/// Why a command failed; its exit code follows Appendix B (1 runtime, 2 usage or config).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The arguments do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The token file could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Writing the output failed, or the OS had no randomness.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => 2,
+            CliError::Store(_) | CliError::NotFound(_) | CliError::Io(_) => 1,
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Io(e.to_string())
+    }
+}
+
+/// Loads `--config`, or the embedded example when none is given.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded(),
+    }
+}
+
+/// Runs a token command against `file`, printing to `out`.
+pub fn token(command: TokenCommand, file: &Path, format: Output, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        TokenCommand::Create(args) => {
+            let (secret, record) = create(args, file)?;
+            output::created(out, format, &record, &secret)?;
+        }
+        TokenCommand::List { search } => {
+            let f = read(file)?;
+            let now = clock::now();
+            let hits: Vec<&Token> = f
+                .tokens
+                .iter()
+                .filter(|t| search.as_deref().is_none_or(|s| matches_search(t, s)))
+                .collect();
+            output::tokens(out, format, &hits, now)?;
+        }
+        TokenCommand::Get { uid } => {
+            let f = read(file)?;
+            let t = f
+                .tokens
+                .iter()
+                .find(|t| t.uid == uid)
+                .ok_or_else(|| no_token(&uid))?;
+            output::token(out, format, t, clock::now())?;
+        }
+        TokenCommand::Delete { uid } => {
+            let removed = update(file, |f| Ok(f.tokens.iter().position(|t| t.uid == uid).map(|i| f.tokens.remove(i))))?
+                .ok_or_else(|| no_token(&uid))?;
+            output::message(out, format, &format!("deleted token {} ({})", removed.uid, removed.name))?;
+        }
+        TokenCommand::Import { file: from } => {
+            let (imported, skipped) = import(&from, file)?;
+            output::message(
+                out,
+                format,
+                &format!("imported {imported} tokens; {skipped} were already present"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn no_token(uid: &str) -> CliError {
+    CliError::NotFound(format!("no token with uid `{uid}`; `bentogate token list` shows them"))
+}
+
+fn matches_search(t: &Token, s: &str) -> bool {
+    t.name.contains(s) || t.uid.contains(s) || t.description.as_deref().is_some_and(|d| d.contains(s))
+}
+
+fn read(file: &Path) -> Result<TokenFile, CliError> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => Ok(TokenFile::parse(&text, file)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
+        Err(e) => Err(StoreError::io(file, e).into()),
+    }
+}
+
+fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
+    let now = clock::now();
+    let expired_at = args
+        .expires
+        .as_deref()
+        .map(|e| clock::parse_expiry(e, now))
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+    if expired_at.is_some_and(|at| at <= now) {
+        return Err(CliError::Usage("--expires is in the past; give a future time or a duration like 30d".into()));
+    }
+    let scopes = Scopes::from_slice(&args.scopes);
+    if scopes.is_empty() && args.deployments.is_empty() && !args.all_deployments && !args.monitoring {
+        return Err(CliError::Usage(
+            "a token needs at least one kind of access: --deployment NAME, --all-deployments, --scope or --monitoring".into(),
+        ));
+    }
+    let secret = Secret::generate().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
+    let uid = token::new_uid().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
+    let (kind, user) = match args.user {
+        Some(u) => (OwnerKind::Personal, u),
+        None => (OwnerKind::Organization, "admin".to_owned()),
+    };
+    let record = Token {
+        uid,
+        name: args.name,
+        description: args.description,
+        digest: secret.digest(),
+        kind,
+        user,
+        created_at: now,
+        updated_at: now,
+        expired_at,
+        last_used_at: None,
+        scopes,
+        deployments: args.deployments,
+        all_deployments: args.all_deployments,
+        monitoring: args.monitoring,
+    };
+    let stored = record.clone();
+    let usage = update(file, move |f| {
+        if stored.kind == OwnerKind::Personal && !f.member(&stored.user).is_some_and(|m| m.active) {
+            return Ok(Some(format!(
+                "no active member `{}`; add one with `bentogate member add {}`",
+                stored.user, stored.user
+            )));
+        }
+        f.tokens.push(stored);
+        Ok(None)
+    })?;
+    match usage {
+        Some(message) => Err(CliError::Usage(message)),
+        None => Ok((secret, record)),
+    }
+}
+
+/// One entry of an import file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportEntry {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    digest: Option<Digest>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    deployments: Vec<String>,
+    #[serde(default)]
+    all_deployments: bool,
+    #[serde(default)]
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    monitoring: bool,
+    #[serde(default)]
+    expired_at: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+impl std::fmt::Debug for ImportEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportEntry").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
+    let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
+    let bad = |line: Option<usize>, message: String| StoreError::Corrupt {
+        path: from.display().to_string(),
+        line,
+        message,
+    };
+    let entries: Vec<ImportEntry> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| bad(Some(e.line()), e.to_string()))?
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| bad(e.location().map(|l| l.line()), e.to_string()))?
+    };
+    let now = clock::now();
+    let mut records = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let digest = match (e.value, e.digest) {
+            (Some(v), None) => {
+                let v = Secret::new(v);
+                if token::check(v.expose().as_bytes()).is_err() {
+                    return Err(bad(None, format!("entry {i} ({}): the value is not a token: use 16 to 512 characters of letters, digits and -._~+/", e.name)).into());
+                }
+                v.digest()
+            }
+            (None, Some(d)) => d,
+            _ => return Err(bad(None, format!("entry {i} ({}): give exactly one of `value` or `digest`", e.name)).into()),
+        };
+        let expired_at = e
+            .expired_at
+            .as_deref()
+            .map(clock::parse_absolute)
+            .transpose()
+            .map_err(|err| bad(None, format!("entry {i} ({}): expired_at: {err}", e.name)))?;
+        let uid = token::new_uid().map_err(|err| CliError::Io(format!("no randomness from the OS: {err}")))?;
+        let (kind, user) = match e.user {
+            Some(u) => (OwnerKind::Personal, u),
+            None => (OwnerKind::Organization, "admin".to_owned()),
+        };
+        records.push(Token {
+            uid,
+            name: e.name,
+            description: e.description,
+            digest,
+            kind,
+            user,
+            created_at: now,
+            updated_at: now,
+            expired_at,
+            last_used_at: None,
+            scopes: Scopes::from_slice(&e.scopes),
+            deployments: e.deployments,
+            all_deployments: e.all_deployments,
+            monitoring: e.monitoring,
+        });
+    }
+    Ok(update(file, move |f| {
+        let mut known: std::collections::HashSet<Digest> = f.tokens.iter().map(|t| t.digest).collect();
+        let total = records.len();
+        let before = f.tokens.len();
+        f.tokens.extend(records.into_iter().filter(|r| known.insert(r.digest)));
+        let added = f.tokens.len() - before;
+        Ok((added, total - added))
+    })?)
+}
+
+/// Runs a member command against `file`, printing to `out`.
+pub fn member(command: MemberCommand, file: &Path, format: Output, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
+        MemberCommand::Add { name, email, admin } => {
+            let role = if admin { Role::Admin } else { Role::Member };
+            let added = update(file, |f| {
+                if f.member(&name).is_some() {
+                    return Ok(false);
+                }
+                f.members.push(Member { name: name.clone(), email, role, active: true });
+                Ok(true)
+            })?;
+            if !added {
+                return Err(CliError::Usage(format!("member `{name}` exists already")));
+            }
+            output::message(out, format, &format!("added member {name}"))?;
+        }
+        MemberCommand::Remove { name } => {
+            let killed = update(file, |f| {
+                let Some(i) = f.members.iter().position(|m| m.name == name) else {
+                    return Ok(None);
+                };
+                f.members.remove(i);
+                let before = f.tokens.len();
+                f.tokens.retain(|t| !(t.kind == OwnerKind::Personal && t.user == name));
+                Ok(Some(before - f.tokens.len()))
+            })?
+            .ok_or_else(|| CliError::NotFound(format!("no member `{name}`; `bentogate member list` shows them")))?;
+            output::message(out, format, &format!("removed member {name} and deleted {killed} personal tokens"))?;
+        }
+        MemberCommand::Promote { name } => {
+            let found = update(file, |f| {
+                Ok(f.members.iter_mut().find(|m| m.name == name).map(|m| m.role = Role::Admin).is_some())
+            })?;
+            if !found {
+                return Err(CliError::NotFound(format!("no member `{name}`; add one with `bentogate member add {name}`")));
+            }
+            output::message(out, format, &format!("{name} is now an admin"))?;
+        }
+        MemberCommand::List => {
+            let f = read(file)?;
+            output::members(out, format, &f.members)?;
+        }
+    }
+    Ok(())
+}
