@@ -24,7 +24,11 @@ pub struct Admin {
 
 impl Admin {
     /// Reports on these parts of a running server.
-    pub fn new(metrics: Arc<Metrics>, validator: Arc<Validator>, draining: Arc<AtomicBool>) -> Admin {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        validator: Arc<Validator>,
+        draining: Arc<AtomicBool>,
+    ) -> Admin {
         Admin {
             metrics,
             validator,
@@ -33,15 +37,20 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json(StatusCode::METHOD_NOT_ALLOWED, r#"{"error":"use GET"}"#.into());
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":"use GET"}"#.into(),
+            );
         }
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             "/readyz" => self.readyz(),
             "/metrics" => {
-                self.metrics.cache_entries.set(self.validator.cached_entries() as i64);
+                self.metrics
+                    .cache_entries
+                    .set(self.validator.cached_entries().await as i64);
                 let mut res = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 res.headers_mut().insert(
                     CONTENT_TYPE,
@@ -58,7 +67,10 @@ impl Admin {
 
     fn readyz(&self) -> Response<Full<Bytes>> {
         if self.draining.load(Ordering::Acquire) {
-            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#.into());
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"draining"}"#.into(),
+            );
         }
         let source = self.validator.source();
         let body = serde_json::json!({

@@ -86,18 +86,30 @@ mod tests {
 
     #[test]
     fn reads_bearer_case_insensitively() {
-        assert_eq!(credentials(&with(&["Bearer abc"])), Credentials::Bearer(b"abc"));
-        assert_eq!(credentials(&with(&["bEaReR  abc "])), Credentials::Bearer(b"abc"));
+        assert_eq!(
+            credentials(&with(&["Bearer abc"])),
+            Credentials::Bearer(b"abc")
+        );
+        assert_eq!(
+            credentials(&with(&["bEaReR  abc "])),
+            Credentials::Bearer(b"abc")
+        );
     }
 
     #[test]
     fn refuses_other_shapes() {
         assert_eq!(credentials(&HeaderMap::new()), Credentials::Absent);
-        assert_eq!(credentials(&with(&["Basic dXNlcjpwYXNz"])), Credentials::NotBearer);
+        assert_eq!(
+            credentials(&with(&["Basic dXNlcjpwYXNz"])),
+            Credentials::NotBearer
+        );
         assert_eq!(credentials(&with(&["Bearer"])), Credentials::NotBearer);
         assert_eq!(credentials(&with(&["Bearer   "])), Credentials::NotBearer);
         assert_eq!(credentials(&with(&["Bearerabc"])), Credentials::NotBearer);
-        assert_eq!(credentials(&with(&["Bearer a", "Bearer b"])), Credentials::Duplicated);
+        assert_eq!(
+            credentials(&with(&["Bearer a", "Bearer b"])),
+            Credentials::Duplicated
+        );
     }
 
     fn token() -> Token {
@@ -126,11 +138,26 @@ mod tests {
         assert!(permits(Policy::Protected, "a", &t));
         assert!(!permits(Policy::Protected, "b", &t));
         assert!(!permits(Policy::Monitoring, "a", &t));
-        assert!(permits(Policy::Developer(Scopes::from_slice(&[Scope::ReadCluster])), "a", &t));
-        assert!(!permits(Policy::Developer(Scopes::from_slice(&[Scope::ReadCluster, Scope::Api])), "a", &t));
-        let all = Token { all_deployments: true, deployments: vec![], ..token() };
+        assert!(permits(
+            Policy::Developer(Scopes::from_slice(&[Scope::ReadCluster])),
+            "a",
+            &t
+        ));
+        assert!(!permits(
+            Policy::Developer(Scopes::from_slice(&[Scope::ReadCluster, Scope::Api])),
+            "a",
+            &t
+        ));
+        let all = Token {
+            all_deployments: true,
+            deployments: vec![],
+            ..token()
+        };
         assert!(permits(Policy::Protected, "anything", &all));
-        let mon = Token { monitoring: true, ..token() };
+        let mon = Token {
+            monitoring: true,
+            ..token()
+        };
         assert!(permits(Policy::Monitoring, "a", &mon));
     }
 }

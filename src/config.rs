@@ -448,7 +448,12 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error(&self, key: impl Into<String>, near: &[&str], message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        key: impl Into<String>,
+        near: &[&str],
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             path: self.origin.to_owned(),
             line: find_line(self.text, near),
@@ -483,7 +488,10 @@ impl Validator<'_> {
             return Err(self.error(
                 "log.level",
                 &["level:"],
-                format!("`{}` is not a log filter; use error, warn, info, debug or trace", log.level),
+                format!(
+                    "`{}` is not a log filter; use error, warn, info, debug or trace",
+                    log.level
+                ),
             ));
         }
         Ok(Config {
@@ -510,7 +518,10 @@ impl Validator<'_> {
                 ))
             }
         }
-        let file = base.join(raw.file.unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)));
+        let file = base.join(
+            raw.file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+        );
         let cache_capacity = raw.cache.capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
         if cache_capacity == 0 {
             return Err(self.error(
@@ -537,7 +548,10 @@ impl Validator<'_> {
     }
 
     fn forwarding(&self, raw: RawForwarding) -> Result<ForwardingConfig, ConfigError> {
-        let header = |key: &str, value: Option<String>, default: &str| -> Result<Option<HeaderName>, ConfigError> {
+        let header = |key: &str,
+                      value: Option<String>,
+                      default: &str|
+         -> Result<Option<HeaderName>, ConfigError> {
             let value = value.unwrap_or_else(|| default.to_owned());
             if value.is_empty() {
                 return Ok(None);
@@ -549,7 +563,10 @@ impl Validator<'_> {
                     format!("`{value}` is not a header name; use letters, digits and dashes"),
                 )
             })?;
-            if name == http::header::AUTHORIZATION || name == http::header::HOST || is_hop_by_hop(&name) {
+            if name == http::header::AUTHORIZATION
+                || name == http::header::HOST
+                || is_hop_by_hop(&name)
+            {
                 return Err(self.error(
                     format!("forwarding.identity_headers.{key}"),
                     &[key],
@@ -559,14 +576,33 @@ impl Validator<'_> {
             Ok(Some(name))
         };
         let identity = IdentityHeaders {
-            token_uid: header("token_uid", raw.identity_headers.token_uid, DEFAULT_UID_HEADER)?,
-            token_name: header("token_name", raw.identity_headers.token_name, DEFAULT_NAME_HEADER)?,
-            token_owner: header("token_owner", raw.identity_headers.token_owner, DEFAULT_OWNER_HEADER)?,
+            token_uid: header(
+                "token_uid",
+                raw.identity_headers.token_uid,
+                DEFAULT_UID_HEADER,
+            )?,
+            token_name: header(
+                "token_name",
+                raw.identity_headers.token_name,
+                DEFAULT_NAME_HEADER,
+            )?,
+            token_owner: header(
+                "token_owner",
+                raw.identity_headers.token_owner,
+                DEFAULT_OWNER_HEADER,
+            )?,
         };
         let t = raw.timeouts;
         let timeouts = [
-            ("connect", t.connect.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0)),
-            ("response_headers", t.response_headers.map_or(DEFAULT_RESPONSE_HEADERS_TIMEOUT, |d| d.0)),
+            (
+                "connect",
+                t.connect.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            ),
+            (
+                "response_headers",
+                t.response_headers
+                    .map_or(DEFAULT_RESPONSE_HEADERS_TIMEOUT, |d| d.0),
+            ),
             ("idle", t.idle.map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)),
         ];
         for (key, d) in timeouts {
@@ -604,7 +640,9 @@ impl Validator<'_> {
                 "must be at least 1; the default is 10000",
             ));
         }
-        let header_read_timeout = raw.header_read_timeout.map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.0);
+        let header_read_timeout = raw
+            .header_read_timeout
+            .map_or(DEFAULT_HEADER_READ_TIMEOUT, |d| d.0);
         if header_read_timeout.is_zero() {
             return Err(self.error(
                 "limits.header_read_timeout",
@@ -638,18 +676,36 @@ impl Validator<'_> {
                 self.error(format!("deployments[{i}].{field}"), &near, message)
             };
             if d.name.is_empty()
-                || !d.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                || !d
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             {
-                return Err(err("name", format!("`{}` is not a deployment name; use letters, digits, `-`, `_` and `.`", d.name)));
+                return Err(err(
+                    "name",
+                    format!(
+                        "`{}` is not a deployment name; use letters, digits, `-`, `_` and `.`",
+                        d.name
+                    ),
+                ));
             }
             if out.iter().any(|o| o.name == d.name) {
-                return Err(err("name", format!("`{}` is used twice; deployment names must be unique", d.name)));
+                return Err(err(
+                    "name",
+                    format!(
+                        "`{}` is used twice; deployment names must be unique",
+                        d.name
+                    ),
+                ));
             }
             let mut hosts = Vec::with_capacity(d.hosts.len());
             for h in &d.hosts {
                 let h = h.to_ascii_lowercase();
                 if h.is_empty() || h.contains(['/', ' ', ':']) {
-                    return Err(err("hosts", format!("`{h}` is not a host name; write it without scheme, port or path")));
+                    return Err(err(
+                        "hosts",
+                        format!("`{h}` is not a host name; write it without scheme, port or path"),
+                    ));
                 }
                 hosts.push(h);
             }
@@ -665,7 +721,8 @@ impl Validator<'_> {
                     ));
                 }
             }
-            let upstream = parse_upstream(&d.upstream, d.upstream_protocol).map_err(|m| err("upstream", m))?;
+            let upstream =
+                parse_upstream(&d.upstream, d.upstream_protocol).map_err(|m| err("upstream", m))?;
             let policy = match (d.policy, d.scopes.is_empty()) {
                 (RawPolicy::Developer, true) => {
                     return Err(err("scopes", "policy `developer` needs the scopes it requires, e.g. `scopes: [read_cluster]`".to_owned()))
@@ -680,7 +737,10 @@ impl Validator<'_> {
             };
             for p in &d.public_paths {
                 if !p.starts_with('/') || p.contains(['?', '#']) {
-                    return Err(err("public_paths", format!("`{p}` must be an exact path starting with `/`, without query")));
+                    return Err(err(
+                        "public_paths",
+                        format!("`{p}` must be an exact path starting with `/`, without query"),
+                    ));
                 }
             }
             out.push(Deployment {
@@ -702,7 +762,11 @@ fn normalize_prefix(p: &str) -> Option<String> {
         return None;
     }
     let trimmed = p.trim_end_matches('/');
-    Some(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+    Some(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
 }
 
 fn parse_upstream(text: &str, protocol: UpstreamProtocol) -> Result<Upstream, String> {
@@ -723,7 +787,9 @@ fn parse_upstream(text: &str, protocol: UpstreamProtocol) -> Result<Upstream, St
         return Err("credentials in the upstream URL are not supported; remove `user@`".to_owned());
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{text}` must have no path or query; requests keep their own path"));
+        return Err(format!(
+            "`{text}` must have no path or query; requests keep their own path"
+        ));
     }
     Ok(Upstream {
         scheme,
@@ -772,7 +838,8 @@ mod tests {
         Config::parse(text, "test.yaml", Path::new("/etc/bentogate"))
     }
 
-    const MINIMAL: &str = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n";
+    const MINIMAL: &str =
+        "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n";
 
     #[test]
     fn the_example_is_valid() {
@@ -783,7 +850,10 @@ mod tests {
     #[test]
     fn defaults_fill_what_is_omitted() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.listeners, vec![SocketAddr::from_str(DEFAULT_LISTENER).unwrap()]);
+        assert_eq!(
+            c.listeners,
+            vec![SocketAddr::from_str(DEFAULT_LISTENER).unwrap()]
+        );
         assert_eq!(c.tokens.file, Path::new("/etc/bentogate/tokens.yaml"));
         assert_eq!(c.tokens.cache_ttl, DEFAULT_CACHE_TTL);
         assert_eq!(c.limits.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
@@ -829,21 +899,31 @@ mod tests {
         ] {
             let text = MINIMAL.replace("http://127.0.0.1:3000", u);
             let e = parse(&text).unwrap_err().to_string();
-            assert!(e.contains("deployments[0].upstream") && e.contains(want), "{u}: {e}");
+            assert!(
+                e.contains("deployments[0].upstream") && e.contains(want),
+                "{u}: {e}"
+            );
         }
     }
 
     #[test]
     fn rejects_duplicate_routes_and_names() {
         let dup_name = format!("{MINIMAL}  - name: a\n    upstream: http://127.0.0.1:3001\n    policy: public\n    path_prefix: /x\n");
-        assert!(parse(&dup_name).unwrap_err().to_string().contains("used twice"));
+        assert!(parse(&dup_name)
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
         let dup_route = format!("{MINIMAL}  - name: b\n    upstream: http://127.0.0.1:3001\n    policy: public\n    path_prefix: /\n");
-        assert!(parse(&dup_route).unwrap_err().to_string().contains("same host and prefix"));
+        assert!(parse(&dup_route)
+            .unwrap_err()
+            .to_string()
+            .contains("same host and prefix"));
     }
 
     #[test]
     fn reserved_identity_header_is_refused() {
-        let text = format!("{MINIMAL}forwarding:\n  identity_headers:\n    token_uid: authorization\n");
+        let text =
+            format!("{MINIMAL}forwarding:\n  identity_headers:\n    token_uid: authorization\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("reserved"), "{e}");
     }

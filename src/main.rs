@@ -59,7 +59,10 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
             Ok(f) => format!("{} tokens in {}", f.tokens.len(), file.display()),
             Err(e) => return fail(2, &e.to_string()),
         },
-        Err(_) => format!("{} does not exist yet; serve creates it empty", file.display()),
+        Err(_) => format!(
+            "{} does not exist yet; serve creates it empty",
+            file.display()
+        ),
     };
     println!(
         "{}: OK ({} deployments, {} listeners; {tokens})",

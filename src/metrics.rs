@@ -111,7 +111,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("bentogate_requests_total", "Requests by deployment and outcome"),
+            Opts::new(
+                "bentogate_requests_total",
+                "Requests by deployment and outcome",
+            ),
             &["deployment", "outcome"],
         )?;
         let latency = HistogramVec::new(
@@ -120,21 +123,34 @@ impl Metrics {
                 "Time from request headers to response headers, by deployment",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                2.5, 5.0, 10.0, 30.0, 60.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ]),
             &["deployment"],
         )?;
-        let cache_hits = IntCounter::new("bentogate_token_cache_hits_total", "Validator cache hits")?;
-        let cache_misses = IntCounter::new("bentogate_token_cache_misses_total", "Validator cache misses")?;
-        let cache_entries = IntGauge::new("bentogate_token_cache_entries", "Entries in the validator cache")?;
-        let source_lookups = IntCounter::new("bentogate_token_source_lookups_total", "Token source lookups")?;
+        let cache_hits =
+            IntCounter::new("bentogate_token_cache_hits_total", "Validator cache hits")?;
+        let cache_misses = IntCounter::new(
+            "bentogate_token_cache_misses_total",
+            "Validator cache misses",
+        )?;
+        let cache_entries = IntGauge::new(
+            "bentogate_token_cache_entries",
+            "Entries in the validator cache",
+        )?;
+        let source_lookups = IntCounter::new(
+            "bentogate_token_source_lookups_total",
+            "Token source lookups",
+        )?;
         let source_failures = IntCounter::new(
             "bentogate_token_source_failures_total",
             "Token source lookups that failed",
         )?;
         let token_file_reloads = IntCounterVec::new(
-            Opts::new("bentogate_token_file_reloads_total", "Token file reads by result"),
+            Opts::new(
+                "bentogate_token_file_reloads_total",
+                "Token file reads by result",
+            ),
             &["result"],
         )?;
         let token_file_healthy = IntGauge::new(
@@ -146,7 +162,9 @@ impl Metrics {
             Opts::new("bentogate_build_info", "Build information; always 1"),
             &["version"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -177,7 +195,8 @@ impl Metrics {
     /// Resolves the handles of one deployment; `""` is used for requests that matched no route.
     pub fn for_route(&self, deployment: &str) -> RouteMetrics {
         RouteMetrics {
-            outcomes: Outcome::ALL.map(|o| self.requests.with_label_values(&[deployment, o.as_str()])),
+            outcomes: Outcome::ALL
+                .map(|o| self.requests.with_label_values(&[deployment, o.as_str()])),
             latency: self.latency.with_label_values(&[deployment]),
         }
     }

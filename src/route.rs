@@ -62,7 +62,10 @@ impl RouteTable {
                 any_host.push(route);
             } else {
                 for h in &d.hosts {
-                    by_host.entry(h.as_str().into()).or_default().push(Arc::clone(&route));
+                    by_host
+                        .entry(h.as_str().into())
+                        .or_default()
+                        .push(Arc::clone(&route));
                 }
             }
         }
@@ -71,7 +74,10 @@ impl RouteTable {
             v.into_boxed_slice()
         };
         RouteTable {
-            by_host: by_host.into_iter().map(|(h, v)| (h, longest_first(v))).collect(),
+            by_host: by_host
+                .into_iter()
+                .map(|(h, v)| (h, longest_first(v)))
+                .collect(),
             any_host: longest_first(any_host),
         }
     }
@@ -80,12 +86,17 @@ impl RouteTable {
     #[inline]
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let mut buf = [0u8; MAX_HOST];
-        if let Some(routes) = host.and_then(|h| normalize_host(h, &mut buf)).and_then(|h| self.by_host.get(h)) {
+        if let Some(routes) = host
+            .and_then(|h| normalize_host(h, &mut buf))
+            .and_then(|h| self.by_host.get(h))
+        {
             if let Some(r) = routes.iter().find(|r| prefix_matches(&r.prefix, path)) {
                 return Some(r);
             }
         }
-        self.any_host.iter().find(|r| prefix_matches(&r.prefix, path))
+        self.any_host
+            .iter()
+            .find(|r| prefix_matches(&r.prefix, path))
     }
 }
 
@@ -139,19 +150,43 @@ deployments:
     #[test]
     fn host_then_longest_prefix() {
         let t = table();
-        assert_eq!(name(&t, Some("a.example.com"), "/v1/x").as_deref(), Some("a-v1"));
-        assert_eq!(name(&t, Some("a.example.com"), "/v1").as_deref(), Some("a-v1"));
-        assert_eq!(name(&t, Some("a.example.com"), "/v10").as_deref(), Some("a-root"));
-        assert_eq!(name(&t, Some("A.Example.COM:8080"), "/").as_deref(), Some("a-root"));
-        assert_eq!(name(&t, Some("a.example.com."), "/").as_deref(), Some("a-root"));
+        assert_eq!(
+            name(&t, Some("a.example.com"), "/v1/x").as_deref(),
+            Some("a-v1")
+        );
+        assert_eq!(
+            name(&t, Some("a.example.com"), "/v1").as_deref(),
+            Some("a-v1")
+        );
+        assert_eq!(
+            name(&t, Some("a.example.com"), "/v10").as_deref(),
+            Some("a-root")
+        );
+        assert_eq!(
+            name(&t, Some("A.Example.COM:8080"), "/").as_deref(),
+            Some("a-root")
+        );
+        assert_eq!(
+            name(&t, Some("a.example.com."), "/").as_deref(),
+            Some("a-root")
+        );
     }
 
     #[test]
     fn falls_back_to_any_host_routes() {
         let t = table();
-        assert_eq!(name(&t, Some("b.example.com"), "/v2/y").as_deref(), Some("b-v2"));
-        assert_eq!(name(&t, Some("b.example.com"), "/api/y").as_deref(), Some("any-api"));
-        assert_eq!(name(&t, Some("b.example.com"), "/apix").as_deref(), Some("any-root"));
+        assert_eq!(
+            name(&t, Some("b.example.com"), "/v2/y").as_deref(),
+            Some("b-v2")
+        );
+        assert_eq!(
+            name(&t, Some("b.example.com"), "/api/y").as_deref(),
+            Some("any-api")
+        );
+        assert_eq!(
+            name(&t, Some("b.example.com"), "/apix").as_deref(),
+            Some("any-root")
+        );
         assert_eq!(name(&t, None, "/api").as_deref(), Some("any-api"));
         assert_eq!(name(&t, Some("[::1]:80"), "/").as_deref(), Some("any-root"));
     }

@@ -74,7 +74,10 @@ impl Listeners {
 
     /// The proxy listeners' actual addresses.
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
-        self.proxy.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.proxy
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// The admin listener's actual address.
@@ -83,77 +86,118 @@ impl Listeners {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains and returns.
+/// Everything a running server shares: built before any listener accepts, so a bad token file
+/// fails start and tests see a fully loaded server as soon as start returns.
+pub struct App {
+    config: Config,
+    metrics: Arc<Metrics>,
+    source: Arc<FileSource>,
+    gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
+    draining: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Loads the token source and builds the data plane for `config`.
+    pub fn build(config: Config) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let source = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
+        let validator = Arc::new(Validator::new(
+            &config.tokens,
+            Arc::clone(&source),
+            Arc::clone(&metrics),
+        ));
+        let gateway = Arc::new(Gateway::new(&config, Arc::clone(&validator), &metrics));
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin = Arc::new(Admin::new(
+            Arc::clone(&metrics),
+            validator,
+            Arc::clone(&draining),
+        ));
+        Ok(App {
+            config,
+            metrics,
+            source,
+            gateway,
+            admin,
+            draining,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let App {
+            config,
+            metrics,
+            source,
+            gateway,
+            admin,
+            draining,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let builder = Arc::new(connection_builder(&config.limits));
+        let mut loops: Vec<JoinHandle<()>> = Vec::new();
+        loops.push(tokio::spawn(Arc::clone(&source).watch(stop_rx.clone())));
+        for listener in listeners.proxy {
+            let gateway = Arc::clone(&gateway);
+            let handler = move |req: Request<Incoming>, peer: SocketAddr| {
+                let gateway = Arc::clone(&gateway);
+                async move { gateway.handle(req, peer).await }
+            };
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                handler,
+                Arc::clone(&builder),
+                Arc::clone(&graceful),
+                Arc::new(Semaphore::new(config.limits.max_connections)),
+                stop_rx.clone(),
+            )));
+        }
+        let admin_handler = move |req: Request<Incoming>, _peer: SocketAddr| {
+            let admin = Arc::clone(&admin);
+            async move { admin.handle(req).await }
+        };
+        loops.push(tokio::spawn(accept_loop(
+            listeners.admin,
+            admin_handler,
+            Arc::clone(&builder),
+            Arc::clone(&graceful),
+            Arc::new(Semaphore::new(config.limits.max_connections)),
+            stop_rx,
+        )));
+
+        tracing::info!(
+            deployments = config.deployments.len(),
+            tokens = metrics.tokens_loaded.get(),
+            "bentogate ready"
+        );
+        shutdown.await;
+        draining.store(true, Ordering::Release);
+        tracing::info!(drain_timeout = ?config.limits.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        // Closing the listeners first refuses new connections at once.
+        let _ = stop_tx.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
+        // Every accept loop has returned, so this is the last handle.
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            return;
+        };
+        match tokio::time::timeout(config.limits.drain_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained; bye"),
+            Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        }
+    }
+}
+
+/// Builds the app for `config` and serves it on `listeners` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let metrics = Arc::new(Metrics::new()?);
-    let source = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
-    let validator = Arc::new(Validator::new(&config.tokens, Arc::clone(&source), Arc::clone(&metrics)));
-    let gateway = Arc::new(Gateway::new(&config, Arc::clone(&validator), &metrics));
-    let draining = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(Admin::new(
-        Arc::clone(&metrics),
-        Arc::clone(&validator),
-        Arc::clone(&draining),
-    ));
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let builder = Arc::new(connection_builder(&config.limits));
-    let mut loops: Vec<JoinHandle<()>> = Vec::new();
-    loops.push(tokio::spawn(Arc::clone(&source).watch(stop_rx.clone())));
-    for listener in listeners.proxy {
-        let gateway = Arc::clone(&gateway);
-        let handler = move |req: Request<Incoming>, peer: SocketAddr| {
-            let gateway = Arc::clone(&gateway);
-            async move { gateway.handle(req, peer).await }
-        };
-        loops.push(tokio::spawn(accept_loop(
-            listener,
-            handler,
-            Arc::clone(&builder),
-            Arc::clone(&graceful),
-            Arc::new(Semaphore::new(config.limits.max_connections)),
-            stop_rx.clone(),
-        )));
-    }
-    let admin_handler = move |req: Request<Incoming>, _peer: SocketAddr| {
-        let admin = Arc::clone(&admin);
-        async move { admin.handle(req) }
-    };
-    loops.push(tokio::spawn(accept_loop(
-        listeners.admin,
-        admin_handler,
-        Arc::clone(&builder),
-        Arc::clone(&graceful),
-        Arc::new(Semaphore::new(config.limits.max_connections)),
-        stop_rx,
-    )));
-
-    tracing::info!(
-        deployments = config.deployments.len(),
-        tokens = metrics.tokens_loaded.get(),
-        "bentogate ready"
-    );
-    shutdown.await;
-    draining.store(true, Ordering::Release);
-    tracing::info!(drain_timeout = ?config.limits.drain_timeout, "shutting down: no new connections, draining in-flight requests");
-    // Closing the listeners first refuses new connections at once.
-    let _ = stop_tx.send(true);
-    for l in loops {
-        let _ = l.await;
-    }
-    // Every accept loop has returned, so this is the last handle.
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        return Ok(());
-    };
-    match tokio::time::timeout(config.limits.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("drained; bye"),
-        Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
-    }
+    App::build(config)?.serve(listeners, shutdown).await;
     Ok(())
 }
 
@@ -211,7 +255,9 @@ async fn accept_loop<H, F, B>(
             let fut = handler(req, peer);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watcher().watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -229,7 +275,7 @@ pub struct Running {
     /// Where the admin listener is.
     pub admin_addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), StartError>>,
+    task: JoinHandle<()>,
 }
 
 impl Running {
@@ -240,10 +286,9 @@ impl Running {
         let admin_addr = listeners
             .admin_addr()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        // Load the token file here too, so a bad file fails start instead of the background task.
-        FileSource::open(&config.tokens.file, Arc::new(Metrics::new()?))?;
+        let app = App::build(config)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(config, listeners, async move {
+        let task = tokio::spawn(app.serve(listeners, async move {
             let _ = rx.await;
         }));
         Ok(Running {
@@ -255,13 +300,10 @@ impl Running {
     }
 
     /// Starts graceful shutdown and waits for it to finish.
-    pub async fn stop(mut self) -> Result<(), StartError> {
+    pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        match (&mut self.task).await {
-            Ok(r) => r,
-            Err(_) => Ok(()),
-        }
+        let _ = (&mut self.task).await;
     }
 }

@@ -104,14 +104,11 @@ pub fn check(value: &[u8]) -> Result<(), Malformed> {
 
 /// RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 fn is_token68(value: &[u8]) -> bool {
-    let body_end = value
-        .iter()
-        .rposition(|&b| b != b'=')
-        .map_or(0, |i| i + 1);
+    let body_end = value.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
     body_end > 0
-        && value[..body_end]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+        && value[..body_end].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 #[inline]
@@ -333,7 +330,10 @@ impl Token {
 
     /// True when the token grants at least one kind of access, as every token must.
     pub fn has_access(&self) -> bool {
-        !self.scopes.is_empty() || self.all_deployments || !self.deployments.is_empty() || self.monitoring
+        !self.scopes.is_empty()
+            || self.all_deployments
+            || !self.deployments.is_empty()
+            || self.monitoring
     }
 }
 
@@ -434,6 +434,9 @@ mod tests {
         let have = Scopes::from_slice(&[Scope::Api, Scope::ReadCluster]);
         assert!(have.contains_all(Scopes::from_slice(&[Scope::ReadCluster])));
         assert!(!have.contains_all(Scopes::from_slice(&[Scope::WriteCluster])));
-        assert_eq!(have.iter().collect::<Vec<_>>(), vec![Scope::Api, Scope::ReadCluster]);
+        assert_eq!(
+            have.iter().collect::<Vec<_>>(),
+            vec![Scope::Api, Scope::ReadCluster]
+        );
     }
 }

@@ -47,7 +47,12 @@ struct EntryExpiry {
 }
 
 impl Expiry<Digest, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _key: &Digest, value: &Entry, _created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &Digest,
+        value: &Entry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
         Some(match &value.token {
             None => self.negative_ttl,
             Some(t) => match t.expired_at {
@@ -124,8 +129,9 @@ impl Validator {
         }
     }
 
-    /// Entries currently cached (approximate, as moka counts).
-    pub fn cached_entries(&self) -> u64 {
+    /// Entries currently cached, after applying pending evictions (for /metrics, not per request).
+    pub async fn cached_entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
         self.cache.entry_count()
     }
 

@@ -206,7 +206,12 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 /// Runs a token command against `file`, printing to `out`.
-pub fn token(command: TokenCommand, file: &Path, format: Output, out: &mut dyn Write) -> Result<(), CliError> {
+pub fn token(
+    command: TokenCommand,
+    file: &Path,
+    format: Output,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     match command {
         TokenCommand::Create(args) => {
             let (secret, record) = create(args, file)?;
@@ -232,9 +237,18 @@ pub fn token(command: TokenCommand, file: &Path, format: Output, out: &mut dyn W
             output::token(out, format, t, clock::now())?;
         }
         TokenCommand::Delete { uid } => {
-            let removed = update(file, |f| Ok(f.tokens.iter().position(|t| t.uid == uid).map(|i| f.tokens.remove(i))))?
-                .ok_or_else(|| no_token(&uid))?;
-            output::message(out, format, &format!("deleted token {} ({})", removed.uid, removed.name))?;
+            let removed = update(file, |f| {
+                Ok(f.tokens
+                    .iter()
+                    .position(|t| t.uid == uid)
+                    .map(|i| f.tokens.remove(i)))
+            })?
+            .ok_or_else(|| no_token(&uid))?;
+            output::message(
+                out,
+                format,
+                &format!("deleted token {} ({})", removed.uid, removed.name),
+            )?;
         }
         TokenCommand::Import { file: from } => {
             let (imported, skipped) = import(&from, file)?;
@@ -249,11 +263,15 @@ pub fn token(command: TokenCommand, file: &Path, format: Output, out: &mut dyn W
 }
 
 fn no_token(uid: &str) -> CliError {
-    CliError::NotFound(format!("no token with uid `{uid}`; `bentogate token list` shows them"))
+    CliError::NotFound(format!(
+        "no token with uid `{uid}`; `bentogate token list` shows them"
+    ))
 }
 
 fn matches_search(t: &Token, s: &str) -> bool {
-    t.name.contains(s) || t.uid.contains(s) || t.description.as_deref().is_some_and(|d| d.contains(s))
+    t.name.contains(s)
+        || t.uid.contains(s)
+        || t.description.as_deref().is_some_and(|d| d.contains(s))
 }
 
 fn read(file: &Path) -> Result<TokenFile, CliError> {
@@ -273,16 +291,21 @@ fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
         .transpose()
         .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
     if expired_at.is_some_and(|at| at <= now) {
-        return Err(CliError::Usage("--expires is in the past; give a future time or a duration like 30d".into()));
+        return Err(CliError::Usage(
+            "--expires is in the past; give a future time or a duration like 30d".into(),
+        ));
     }
     let scopes = Scopes::from_slice(&args.scopes);
-    if scopes.is_empty() && args.deployments.is_empty() && !args.all_deployments && !args.monitoring {
+    if scopes.is_empty() && args.deployments.is_empty() && !args.all_deployments && !args.monitoring
+    {
         return Err(CliError::Usage(
             "a token needs at least one kind of access: --deployment NAME, --all-deployments, --scope or --monitoring".into(),
         ));
     }
-    let secret = Secret::generate().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
-    let uid = token::new_uid().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
+    let secret =
+        Secret::generate().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
+    let uid =
+        token::new_uid().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
     let (kind, user) = match args.user {
         Some(u) => (OwnerKind::Personal, u),
         None => (OwnerKind::Organization, "admin".to_owned()),
@@ -347,7 +370,9 @@ struct ImportEntry {
 
 impl std::fmt::Debug for ImportEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImportEntry").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("ImportEntry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -361,7 +386,8 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
     let entries: Vec<ImportEntry> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).map_err(|e| bad(Some(e.line()), e.to_string()))?
     } else {
-        serde_yaml::from_str(&text).map_err(|e| bad(e.location().map(|l| l.line()), e.to_string()))?
+        serde_yaml::from_str(&text)
+            .map_err(|e| bad(e.location().map(|l| l.line()), e.to_string()))?
     };
     let now = clock::now();
     let mut records = Vec::with_capacity(entries.len());
@@ -375,7 +401,16 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
                 v.digest()
             }
             (None, Some(d)) => d,
-            _ => return Err(bad(None, format!("entry {i} ({}): give exactly one of `value` or `digest`", e.name)).into()),
+            _ => {
+                return Err(bad(
+                    None,
+                    format!(
+                        "entry {i} ({}): give exactly one of `value` or `digest`",
+                        e.name
+                    ),
+                )
+                .into())
+            }
         };
         let expired_at = e
             .expired_at
@@ -383,7 +418,8 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
             .map(clock::parse_absolute)
             .transpose()
             .map_err(|err| bad(None, format!("entry {i} ({}): expired_at: {err}", e.name)))?;
-        let uid = token::new_uid().map_err(|err| CliError::Io(format!("no randomness from the OS: {err}")))?;
+        let uid = token::new_uid()
+            .map_err(|err| CliError::Io(format!("no randomness from the OS: {err}")))?;
         let (kind, user) = match e.user {
             Some(u) => (OwnerKind::Personal, u),
             None => (OwnerKind::Organization, "admin".to_owned()),
@@ -406,17 +442,24 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
         });
     }
     Ok(update(file, move |f| {
-        let mut known: std::collections::HashSet<Digest> = f.tokens.iter().map(|t| t.digest).collect();
+        let mut known: std::collections::HashSet<Digest> =
+            f.tokens.iter().map(|t| t.digest).collect();
         let total = records.len();
         let before = f.tokens.len();
-        f.tokens.extend(records.into_iter().filter(|r| known.insert(r.digest)));
+        f.tokens
+            .extend(records.into_iter().filter(|r| known.insert(r.digest)));
         let added = f.tokens.len() - before;
         Ok((added, total - added))
     })?)
 }
 
 /// Runs a member command against `file`, printing to `out`.
-pub fn member(command: MemberCommand, file: &Path, format: Output, out: &mut dyn Write) -> Result<(), CliError> {
+pub fn member(
+    command: MemberCommand,
+    file: &Path,
+    format: Output,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
     match command {
         MemberCommand::Add { name, email, admin } => {
             let role = if admin { Role::Admin } else { Role::Member };
@@ -424,7 +467,12 @@ pub fn member(command: MemberCommand, file: &Path, format: Output, out: &mut dyn
                 if f.member(&name).is_some() {
                     return Ok(false);
                 }
-                f.members.push(Member { name: name.clone(), email, role, active: true });
+                f.members.push(Member {
+                    name: name.clone(),
+                    email,
+                    role,
+                    active: true,
+                });
                 Ok(true)
             })?;
             if !added {
@@ -439,18 +487,33 @@ pub fn member(command: MemberCommand, file: &Path, format: Output, out: &mut dyn
                 };
                 f.members.remove(i);
                 let before = f.tokens.len();
-                f.tokens.retain(|t| !(t.kind == OwnerKind::Personal && t.user == name));
+                f.tokens
+                    .retain(|t| !(t.kind == OwnerKind::Personal && t.user == name));
                 Ok(Some(before - f.tokens.len()))
             })?
-            .ok_or_else(|| CliError::NotFound(format!("no member `{name}`; `bentogate member list` shows them")))?;
-            output::message(out, format, &format!("removed member {name} and deleted {killed} personal tokens"))?;
+            .ok_or_else(|| {
+                CliError::NotFound(format!(
+                    "no member `{name}`; `bentogate member list` shows them"
+                ))
+            })?;
+            output::message(
+                out,
+                format,
+                &format!("removed member {name} and deleted {killed} personal tokens"),
+            )?;
         }
         MemberCommand::Promote { name } => {
             let found = update(file, |f| {
-                Ok(f.members.iter_mut().find(|m| m.name == name).map(|m| m.role = Role::Admin).is_some())
+                Ok(f.members
+                    .iter_mut()
+                    .find(|m| m.name == name)
+                    .map(|m| m.role = Role::Admin)
+                    .is_some())
             })?;
             if !found {
-                return Err(CliError::NotFound(format!("no member `{name}`; add one with `bentogate member add {name}`")));
+                return Err(CliError::NotFound(format!(
+                    "no member `{name}`; add one with `bentogate member add {name}`"
+                )));
             }
             output::message(out, format, &format!("{name} is now an admin"))?;
         }

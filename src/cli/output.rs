@@ -49,7 +49,14 @@ fn access(t: &Token) -> String {
         parts.push(format!("deployments: {}", t.deployments.join(",")));
     }
     if !t.scopes.is_empty() {
-        parts.push(format!("scopes: {}", t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")));
+        parts.push(format!(
+            "scopes: {}",
+            t.scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     if t.monitoring {
         parts.push("monitoring".to_owned());
@@ -66,7 +73,11 @@ fn owner(t: &Token) -> &str {
 
 fn structured(out: &mut dyn Write, format: Output, value: &Value) -> std::io::Result<()> {
     match format {
-        Output::Json | Output::Table => writeln!(out, "{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Output::Json | Output::Table => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
         Output::Yaml => write!(out, "{}", serde_yaml::to_string(value).unwrap_or_default()),
     }
 }
@@ -97,9 +108,18 @@ fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io:
 }
 
 /// Prints a list of tokens.
-pub fn tokens(out: &mut dyn Write, format: Output, tokens: &[&Token], now: UnixSeconds) -> std::io::Result<()> {
+pub fn tokens(
+    out: &mut dyn Write,
+    format: Output,
+    tokens: &[&Token],
+    now: UnixSeconds,
+) -> std::io::Result<()> {
     if format != Output::Table {
-        return structured(out, format, &Value::Array(tokens.iter().map(|t| view(t, now)).collect()));
+        return structured(
+            out,
+            format,
+            &Value::Array(tokens.iter().map(|t| view(t, now)).collect()),
+        );
     }
     let rows: Vec<Vec<String>> = tokens
         .iter()
@@ -108,14 +128,30 @@ pub fn tokens(out: &mut dyn Write, format: Output, tokens: &[&Token], now: UnixS
                 Some(_) if t.is_expired(now) => format!("{} (expired)", show_time(t.expired_at)),
                 _ => show_time(t.expired_at),
             };
-            vec![t.uid.clone(), t.name.clone(), owner(t).to_owned(), access(t), expires, show_time(t.last_used_at)]
+            vec![
+                t.uid.clone(),
+                t.name.clone(),
+                owner(t).to_owned(),
+                access(t),
+                expires,
+                show_time(t.last_used_at),
+            ]
         })
         .collect();
-    table(out, &["UID", "NAME", "OWNER", "ACCESS", "EXPIRES", "LAST USED"], &rows)
+    table(
+        out,
+        &["UID", "NAME", "OWNER", "ACCESS", "EXPIRES", "LAST USED"],
+        &rows,
+    )
 }
 
 /// Prints one token.
-pub fn token(out: &mut dyn Write, format: Output, t: &Token, now: UnixSeconds) -> std::io::Result<()> {
+pub fn token(
+    out: &mut dyn Write,
+    format: Output,
+    t: &Token,
+    now: UnixSeconds,
+) -> std::io::Result<()> {
     if format != Output::Table {
         return structured(out, format, &view(t, now));
     }
@@ -137,13 +173,24 @@ pub fn token(out: &mut dyn Write, format: Output, t: &Token, now: UnixSeconds) -
 }
 
 /// Prints a created token with its value: the only place a value is ever shown.
-pub fn created(out: &mut dyn Write, format: Output, t: &Token, secret: &Secret) -> std::io::Result<()> {
+pub fn created(
+    out: &mut dyn Write,
+    format: Output,
+    t: &Token,
+    secret: &Secret,
+) -> std::io::Result<()> {
     if format != Output::Table {
         let mut v = view(t, clock::now());
         v["token"] = Value::String(secret.expose().to_owned());
         return structured(out, format, &v);
     }
-    writeln!(out, "created token {} (uid {}) with access: {}", t.name, t.uid, access(t))?;
+    writeln!(
+        out,
+        "created token {} (uid {}) with access: {}",
+        t.name,
+        t.uid,
+        access(t)
+    )?;
     writeln!(out, "its value, shown this once (store it now):")?;
     writeln!(out, "{}", secret.expose())
 }
@@ -168,7 +215,12 @@ pub fn members(out: &mut dyn Write, format: Output, members: &[Member]) -> std::
             vec![
                 m.name.clone(),
                 m.email.clone().unwrap_or_default(),
-                if m.role == Role::Admin { "admin" } else { "member" }.to_owned(),
+                if m.role == Role::Admin {
+                    "admin"
+                } else {
+                    "member"
+                }
+                .to_owned(),
                 if m.active { "active" } else { "inactive" }.to_owned(),
             ]
         })

@@ -44,7 +44,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     // `TE: trailers` is end-to-end meaningful for HTTP/2 upstreams (gRPC); anything else goes.
-    let keep_te = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let keep_te = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let te = keep_te.then(|| headers.remove(TE)).flatten();
     for name in [
         CONNECTION,
@@ -134,7 +136,8 @@ mod tests {
     use std::path::Path;
 
     fn forwarding() -> ForwardingConfig {
-        let text = "deployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: public }\n";
+        let text =
+            "deployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: public }\n";
         Config::parse(text, "t", Path::new(".")).unwrap().forwarding
     }
 
@@ -193,19 +196,45 @@ mod tests {
             ("x-bentogate-token-owner", "forged"),
             ("authorization", "Bearer secret"),
         ]);
-        rewrite_request(&mut h, &cfg, "10.0.0.1".parse().unwrap(), Version::HTTP_11, None, None);
+        rewrite_request(
+            &mut h,
+            &cfg,
+            "10.0.0.1".parse().unwrap(),
+            Version::HTTP_11,
+            None,
+            None,
+        );
         assert!(h.get("x-bentogate-token-uid").is_none());
         assert!(h.get("x-bentogate-token-owner").is_none());
         assert!(h.get("authorization").is_none());
 
         let mut h = headers(&[("x-bentogate-token-uid", "forged")]);
         let t = token(OwnerKind::Personal);
-        rewrite_request(&mut h, &cfg, "10.0.0.1".parse().unwrap(), Version::HTTP_11, None, Some(&t));
-        assert_eq!(h.get_all("x-bentogate-token-uid").iter().collect::<Vec<_>>(), ["uid1"]);
+        rewrite_request(
+            &mut h,
+            &cfg,
+            "10.0.0.1".parse().unwrap(),
+            Version::HTTP_11,
+            None,
+            Some(&t),
+        );
+        assert_eq!(
+            h.get_all("x-bentogate-token-uid")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["uid1"]
+        );
         assert_eq!(h["x-bentogate-token-name"], "ci");
         assert_eq!(h["x-bentogate-token-owner"], "ann");
         let t = token(OwnerKind::Organization);
-        rewrite_request(&mut h, &cfg, "10.0.0.1".parse().unwrap(), Version::HTTP_11, None, Some(&t));
+        rewrite_request(
+            &mut h,
+            &cfg,
+            "10.0.0.1".parse().unwrap(),
+            Version::HTTP_11,
+            None,
+            Some(&t),
+        );
         assert_eq!(h["x-bentogate-token-owner"], "organization");
     }
 
@@ -224,6 +253,9 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.example.com");
-        assert_eq!(h.get_all("via").iter().collect::<Vec<_>>(), ["1.1 edge", "2 bentogate"]);
+        assert_eq!(
+            h.get_all("via").iter().collect::<Vec<_>>(),
+            ["1.1 edge", "2 bentogate"]
+        );
     }
 }

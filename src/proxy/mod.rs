@@ -73,25 +73,47 @@ impl Gateway {
     /// Serves one request from `client`.
     pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
-        let logged = self.access_log.then(|| (req.method().clone(), req.uri().clone()));
+        let logged = self
+            .access_log
+            .then(|| (req.method().clone(), req.uri().clone()));
         let (parts, body) = req.into_parts();
         let version = parts.version;
         let (metrics, deployment, outcome, uid, res) = match self.admit(&parts).await {
             Err((route, reject)) => {
                 let res = reject.response().map(Either::Right);
                 let metrics = route.map_or(&self.unrouted, |r| &r.metrics);
-                (metrics, route.map(|r| &*r.name), reject.outcome(), None, res)
+                (
+                    metrics,
+                    route.map(|r| &*r.name),
+                    reject.outcome(),
+                    None,
+                    res,
+                )
             }
             Ok(Admitted { route, token }) => {
-                let outcome = if token.is_some() { Outcome::Allowed } else { Outcome::Public };
-                let res = match self.forward(route, parts, body, client, token.as_deref()).await {
+                let outcome = if token.is_some() {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Public
+                };
+                let res = match self
+                    .forward(route, parts, body, client, token.as_deref())
+                    .await
+                {
                     Ok(res) => res.map(Either::Left),
                     Err(reject) => {
                         let res = reject.response().map(Either::Right);
                         let metrics = &route.metrics;
                         let elapsed = started.elapsed();
                         metrics.record(reject.outcome(), elapsed.as_secs_f64());
-                        self.log(&logged, Some(&route.name), &res, reject.outcome(), token.as_deref(), started);
+                        self.log(
+                            &logged,
+                            Some(&route.name),
+                            &res,
+                            reject.outcome(),
+                            token.as_deref(),
+                            started,
+                        );
                         return res;
                     }
                 };
@@ -130,7 +152,11 @@ impl Gateway {
 
     /// The check, route and authorize phases; no I/O but a cache miss, no allocation on a hit.
     async fn admit(&self, parts: &Parts) -> Result<Admitted<'_>, (Option<&Route>, Reject)> {
-        let header_bytes: usize = parts.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
         if header_bytes > self.max_header_bytes {
             return Err((None, Reject::HeadersTooLarge));
         }
@@ -143,7 +169,10 @@ impl Gateway {
             .authority()
             .map(|a| a.as_str())
             .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
-        let route = self.routes.route(host, path).ok_or((None, Reject::NoRoute))?;
+        let route = self
+            .routes
+            .route(host, path)
+            .ok_or((None, Reject::NoRoute))?;
         if route.policy == Policy::Public || route.is_public_path(path) {
             return Ok(Admitted { route, token: None });
         }
@@ -155,10 +184,12 @@ impl Gateway {
             Credentials::Duplicated => return deny(Reject::DuplicateAuthorization),
         };
         match self.validator.validate(value, clock::now()).await {
-            Verdict::Valid(token) if auth::permits(route.policy, &route.name, &token) => Ok(Admitted {
-                route,
-                token: Some(token),
-            }),
+            Verdict::Valid(token) if auth::permits(route.policy, &route.name, &token) => {
+                Ok(Admitted {
+                    route,
+                    token: Some(token),
+                })
+            }
             Verdict::Valid(_) => deny(Reject::InsufficientScope),
             Verdict::Malformed | Verdict::Unknown | Verdict::Expired => deny(Reject::InvalidToken),
         }
@@ -176,9 +207,19 @@ impl Gateway {
         let client_version = parts.version;
         let host = match parts.headers.get(HOST) {
             Some(h) => Some(h.clone()),
-            None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
-        headers::rewrite_request(&mut parts.headers, &self.forwarding, client.ip(), client_version, host.clone(), token);
+        headers::rewrite_request(
+            &mut parts.headers,
+            &self.forwarding,
+            client.ip(),
+            client_version,
+            host.clone(),
+            token,
+        );
         let upstream = &route.upstream;
         let path_and_query = parts
             .uri
@@ -206,7 +247,9 @@ impl Gateway {
         }
         let request = Request::from_parts(parts, body);
         let pending = self.client.pool(upstream.protocol).request(request);
-        let res = match tokio::time::timeout(self.forwarding.response_headers_timeout, pending).await {
+        let res = match tokio::time::timeout(self.forwarding.response_headers_timeout, pending)
+            .await
+        {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
                 let reject = upstream::classify(&e);
@@ -217,7 +260,10 @@ impl Gateway {
         };
         let (mut parts, body) = res.into_parts();
         headers::rewrite_response(&mut parts.headers, client_version);
-        Ok(Response::from_parts(parts, UpstreamBody::new(body, self.forwarding.idle_timeout)))
+        Ok(Response::from_parts(
+            parts,
+            UpstreamBody::new(body, self.forwarding.idle_timeout),
+        ))
     }
 
     /// The validator, for the admin listener's metrics.
@@ -229,7 +275,8 @@ impl Gateway {
 /// True when a path segment is `.` or `..`, literally or percent-encoded (RFC 3986 section 5.2.4):
 /// such a path could be matched by one route's prefix and resolved by the upstream into another's.
 fn has_dot_segments(path: &str) -> bool {
-    path.split('/').any(|seg| matches!(dot_count(seg.as_bytes()), Some(1 | 2)))
+    path.split('/')
+        .any(|seg| matches!(dot_count(seg.as_bytes()), Some(1 | 2)))
 }
 
 /// How many dots a segment made only of `.` and `%2e` spells; `None` if it holds anything else.
@@ -252,10 +299,25 @@ mod tests {
 
     #[test]
     fn finds_dot_segments_in_every_spelling() {
-        for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/.%2E/b", "/a/%2e./b", "/a/%2E"] {
+        for p in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/.%2E/b",
+            "/a/%2e./b",
+            "/a/%2E",
+        ] {
             assert!(has_dot_segments(p), "{p}");
         }
-        for p in ["/", "/a/b", "/a/...", "/a/.well-known", "/a/b.c", "/%2e%2e%2e"] {
+        for p in [
+            "/",
+            "/a/b",
+            "/a/...",
+            "/a/.well-known",
+            "/a/b.c",
+            "/%2e%2e%2e",
+        ] {
             assert!(!has_dot_segments(p), "{p}");
         }
     }

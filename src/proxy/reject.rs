@@ -117,7 +117,9 @@ impl Reject {
             Reject::NoRoute => Outcome::NotFound,
             Reject::DotSegments | Reject::DuplicateAuthorization => Outcome::BadRequest,
             Reject::HeadersTooLarge => Outcome::HeadersTooLarge,
-            Reject::MissingCredentials | Reject::NotBearer | Reject::InvalidToken => Outcome::Unauthorized,
+            Reject::MissingCredentials | Reject::NotBearer | Reject::InvalidToken => {
+                Outcome::Unauthorized
+            }
             Reject::InsufficientScope => Outcome::Forbidden,
             Reject::UpstreamUnavailable => Outcome::UpstreamError,
             Reject::UpstreamTimeout => Outcome::UpstreamTimeout,
@@ -164,10 +166,22 @@ mod tests {
 
     #[test]
     fn challenges_follow_rfc_6750() {
-        let h = |r: Reject| r.response().headers().get(WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(h(Reject::MissingCredentials).as_deref(), Some(r#"Bearer realm="bentogate""#));
-        assert!(h(Reject::InvalidToken).unwrap().ends_with(r#"error="invalid_token""#));
-        assert!(h(Reject::InsufficientScope).unwrap().ends_with(r#"error="insufficient_scope""#));
+        let h = |r: Reject| {
+            r.response()
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            h(Reject::MissingCredentials).as_deref(),
+            Some(r#"Bearer realm="bentogate""#)
+        );
+        assert!(h(Reject::InvalidToken)
+            .unwrap()
+            .ends_with(r#"error="invalid_token""#));
+        assert!(h(Reject::InsufficientScope)
+            .unwrap()
+            .ends_with(r#"error="insufficient_scope""#));
         assert_eq!(h(Reject::NoRoute), None);
     }
 

@@ -137,7 +137,8 @@ impl FileSource {
                     return Err(StoreError::Corrupt {
                         path: self.path.display().to_string(),
                         line: None,
-                        message: "the file is empty; write `tokens: []` to remove every token".to_owned(),
+                        message: "the file is empty; write `tokens: []` to remove every token"
+                            .to_owned(),
                     });
                 }
                 Ok(file)
@@ -156,7 +157,10 @@ impl FileSource {
                 state.last_error = None;
                 self.metrics.tokens_loaded.set(count as i64);
                 self.metrics.token_file_healthy.set(1);
-                self.metrics.token_file_reloads.with_label_values(&["success"]).inc();
+                self.metrics
+                    .token_file_reloads
+                    .with_label_values(&["success"])
+                    .inc();
                 tracing::info!(file = %self.path.display(), tokens = count, "token file reloaded");
                 true
             }
@@ -173,7 +177,10 @@ impl FileSource {
             state.seen = Some(seen);
         }
         if first {
-            self.metrics.token_file_reloads.with_label_values(&["error"]).inc();
+            self.metrics
+                .token_file_reloads
+                .with_label_values(&["error"])
+                .inc();
             self.metrics.token_file_healthy.set(0);
             tracing::error!(error = %message, kept = self.set.load().len(), "token file rejected; keeping the last good set");
             state.last_error = Some(message);
@@ -191,7 +198,10 @@ impl FileSource {
             }
             let me = Arc::clone(&self);
             // Parsing a large file must not stall a worker thread that serves requests.
-            if tokio::task::spawn_blocking(move || me.reload_if_changed()).await.is_err() {
+            if tokio::task::spawn_blocking(move || me.reload_if_changed())
+                .await
+                .is_err()
+            {
                 tracing::error!("token file reload task failed");
             }
         }

@@ -113,9 +113,8 @@ impl TokenFile {
         } else if text.trim().is_empty() {
             TokenFile::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                corrupt(e.location().map(|l| l.line()), e.to_string())
-            })?
+            serde_yaml::from_str(text)
+                .map_err(|e| corrupt(e.location().map(|l| l.line()), e.to_string()))?
         };
         file.validate().map_err(|m| corrupt(None, m))?;
         Ok(file)
@@ -136,7 +135,10 @@ impl TokenFile {
                 return Err(format!("token uid `{}` is listed twice", t.uid));
             }
             if !digests.insert(t.digest) {
-                return Err(format!("token `{}` has the same digest as another token", t.uid));
+                return Err(format!(
+                    "token `{}` has the same digest as another token",
+                    t.uid
+                ));
             }
             if !t.has_access() {
                 return Err(format!(
@@ -206,8 +208,18 @@ mod tests {
     #[test]
     fn personal_tokens_die_with_membership() {
         let mut f = TokenFile::default();
-        f.members.push(Member { name: "ann".into(), email: None, role: Role::Member, active: true });
-        f.members.push(Member { name: "bob".into(), email: None, role: Role::Member, active: false });
+        f.members.push(Member {
+            name: "ann".into(),
+            email: None,
+            role: Role::Member,
+            active: true,
+        });
+        f.members.push(Member {
+            name: "bob".into(),
+            email: None,
+            role: Role::Member,
+            active: false,
+        });
         f.tokens.push(token("t1", OwnerKind::Personal, "ann"));
         f.tokens.push(token("t2", OwnerKind::Personal, "bob"));
         f.tokens.push(token("t3", OwnerKind::Personal, "gone"));

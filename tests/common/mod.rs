@@ -1,0 +1,380 @@
+//! Shared test helpers: a real upstream, a real gateway on 127.0.0.1:0, a real client, tokens.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bentogate::config::Config;
+use bentogate::server::Running;
+use bentogate::store::file::update;
+use bentogate::token::{Digest, OwnerKind, Scope, Scopes, Secret, Token};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub version: Version,
+    pub body_len: usize,
+}
+
+/// A real HTTP/1.1 + h2c upstream with a few behaviours chosen by path:
+/// `/stream` sends `first` then waits for `release` before `last`; `/stall` sends `first` and
+/// then nothing; `/hang` never answers (and counts its cancellation); anything else answers
+/// `200 ok` after reading the whole body.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub release: Arc<Notify>,
+    pub cancelled: Arc<AtomicUsize>,
+}
+
+struct CountOnDrop(Arc<AtomicUsize>);
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(text: &'static str) -> Body {
+    Full::new(Bytes::from_static(text.as_bytes())).boxed()
+}
+
+pub async fn upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let release = Arc::new(Notify::new());
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let (s, r, c) = (seen.clone(), release.clone(), cancelled.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (s, r, c) = (s.clone(), r.clone(), c.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (s, r, c) = (s.clone(), r.clone(), c.clone());
+                    async move { Ok::<_, Infallible>(respond(req, s, r, c).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        seen,
+        release,
+        cancelled,
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    cancelled: Arc<AtomicUsize>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let record = |body_len| Seen {
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        version: parts.version,
+        body_len,
+    };
+    match path.as_str() {
+        "/hang" => {
+            seen.lock().unwrap().push(record(0));
+            let _guard = CountOnDrop(cancelled);
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/stream" | "/stall" => {
+            seen.lock().unwrap().push(record(0));
+            let stall = path == "/stall";
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"first\n"))))
+                    .await;
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                release.notified().await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"last\n"))))
+                    .await;
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("connection", "x-upstream-hop")
+                .header("x-upstream-hop", "must-not-reach-client")
+                .body(ChannelBody(rx).boxed())
+                .unwrap()
+        }
+        _ => {
+            let n = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            seen.lock().unwrap().push(record(n));
+            Response::builder()
+                .header("x-upstream", "yes")
+                .body(full("ok"))
+                .unwrap()
+        }
+    }
+}
+
+/// A response body fed frame by frame from a channel, as a streaming upstream writes.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// A gateway started in process from YAML, with its own folder and token file.
+pub struct Gate {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+    pub tokens: PathBuf,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts a gateway; `body` is appended to a config that listens on port 0 and logs no access.
+pub async fn gate(body: &str) -> Gate {
+    let dir = tempfile::tempdir().unwrap();
+    gate_in(dir, body).await
+}
+
+pub async fn gate_in(dir: tempfile::TempDir, body: &str) -> Gate {
+    let text = format!(
+        "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\n{body}"
+    );
+    let config = Config::parse(&text, "test.yaml", dir.path()).unwrap();
+    let tokens = config.tokens.file.clone();
+    let running = Running::start(config).await.unwrap();
+    let addr = running.proxy_addrs[0];
+    let admin = running.admin_addr;
+    Gate {
+        running,
+        dir,
+        tokens,
+        addr,
+        admin,
+    }
+}
+
+/// One deployment block for a gateway config.
+pub fn deployment(name: &str, upstream: SocketAddr, policy: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    upstream: \"http://{upstream}\"\n    policy: {policy}\n{extra}")
+}
+
+/// What a new test token grants.
+#[derive(Default, Clone)]
+pub struct Grant {
+    pub deployments: Vec<&'static str>,
+    pub all: bool,
+    pub scopes: Vec<Scope>,
+    pub monitoring: bool,
+    pub expired_at: Option<i64>,
+    pub user: Option<&'static str>,
+}
+
+impl Grant {
+    pub fn to(deployments: &[&'static str]) -> Grant {
+        Grant {
+            deployments: deployments.to_vec(),
+            ..Grant::default()
+        }
+    }
+}
+
+/// Adds a token to the file and returns (uid, value).
+pub fn add_token(file: &Path, grant: Grant) -> (String, String) {
+    let secret = Secret::generate().unwrap();
+    let uid = bentogate::token::new_uid().unwrap();
+    add_record(file, &uid, secret.digest(), grant);
+    (uid, secret.expose().to_owned())
+}
+
+pub fn add_record(file: &Path, uid: &str, digest: Digest, grant: Grant) {
+    let now = bentogate::clock::now();
+    let record = Token {
+        uid: uid.to_owned(),
+        name: format!("test-{uid}"),
+        description: None,
+        digest,
+        kind: if grant.user.is_some() {
+            OwnerKind::Personal
+        } else {
+            OwnerKind::Organization
+        },
+        user: grant.user.unwrap_or("admin").to_owned(),
+        created_at: now,
+        updated_at: now,
+        expired_at: grant.expired_at,
+        last_used_at: None,
+        scopes: Scopes::from_slice(&grant.scopes),
+        deployments: grant.deployments.iter().map(|d| d.to_string()).collect(),
+        all_deployments: grant.all,
+        monitoring: grant.monitoring,
+    };
+    update(file, |f| {
+        f.tokens.push(record);
+        Ok(())
+    })
+    .unwrap();
+}
+
+pub fn delete_token(file: &Path, uid: &str) {
+    update(file, |f| {
+        f.tokens.retain(|t| t.uid != uid);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A plain HTTP/1.1 client with a keep-alive pool.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// GET with an optional bearer token; returns the status.
+pub async fn status(addr: SocketAddr, path: &str, token: Option<&str>) -> StatusCode {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send(&client(), addr, path, &headers).await.status
+}
+
+/// Waits until `check` is true, polling, for at most `limit`; returns how long it took.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads the admin listener's /metrics.
+pub async fn metrics(admin: SocketAddr) -> String {
+    send(&client(), admin, "/metrics", &[]).await.body
+}
+
+/// The value of one metric line (`name{labels}`), or 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls until a GET answers `want` (within 3 s); returns how long it took.
+pub async fn until_status(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    want: StatusCode,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = status(addr, path, token).await;
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{path} still answers {got}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
