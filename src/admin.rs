@@ -50,7 +50,7 @@ impl Admin {
             "/metrics" => {
                 self.metrics
                     .cache_entries
-                    .set(self.validator.cached_entries().await as i64);
+                    .set(self.validator.cached_entries() as i64);
                 let mut res = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 res.headers_mut().insert(
                     CONTENT_TYPE,

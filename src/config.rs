@@ -673,7 +673,12 @@ impl Validator<'_> {
             let err = |field: &str, message: String| {
                 let near = at(field);
                 let near: Vec<&str> = near.iter().map(String::as_str).collect();
-                self.error(format!("deployments[{i}].{field}"), &near, message)
+                let mut e = self.error(format!("deployments[{i}].{field}"), &near, message);
+                // An omitted key has no line of its own: point at the deployment's name.
+                if let ConfigError::Invalid { line: line @ None, .. } = &mut e {
+                    *line = find_line(self.text, &near[..1]);
+                }
+                e
             };
             if d.name.is_empty()
                 || !d
@@ -881,12 +886,15 @@ mod tests {
 
     #[test]
     fn semantic_errors_point_at_the_deployment() {
-        let text = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n  - name: b\n    upstream: http://127.0.0.1:3000\n    policy: developer\n";
+        let text = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n  - name: b\n    upstream: http://127.0.0.1:3000\n    policy: developer\n    path_prefix: /b\n";
         let e = parse(text).unwrap_err().to_string();
         assert_eq!(
             e,
-            "test.yaml:7: deployments[1].scopes: policy `developer` needs the scopes it requires, e.g. `scopes: [read_cluster]`"
+            "test.yaml:5: deployments[1].scopes: policy `developer` needs the scopes it requires, e.g. `scopes: [read_cluster]`"
         );
+        let dup = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n  - name: b\n    upstream: http://127.0.0.1:3000\n    policy: public\n";
+        let e = parse(dup).unwrap_err().to_string();
+        assert!(e.starts_with("test.yaml:5: deployments[1].path_prefix:"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
+use moka::sync::Cache;
 use moka::Expiry;
 
 use crate::clock::{self, UnixSeconds};
@@ -97,7 +97,7 @@ impl Validator {
         }
         let digest = Digest::of(value);
         let generation = self.source.generation();
-        let entry = match self.cache.get(&digest).await {
+        let entry = match self.cache.get(&digest) {
             Some(e) if e.generation == generation => {
                 self.metrics.cache_hits.inc();
                 e
@@ -106,10 +106,11 @@ impl Validator {
                 self.metrics.cache_misses.inc();
                 let source = &self.source;
                 let metrics = &self.metrics;
+                // Concurrent misses of one digest wait for this one lookup (moka coalesces).
                 self.cache
                     .entry(digest)
                     .or_insert_with_if(
-                        async move {
+                        || {
                             metrics.source_lookups.inc();
                             Entry {
                                 token: source.lookup(&digest),
@@ -118,7 +119,6 @@ impl Validator {
                         },
                         |old| old.generation != generation,
                     )
-                    .await
                     .into_value()
             }
         };
@@ -130,8 +130,8 @@ impl Validator {
     }
 
     /// Entries currently cached, after applying pending evictions (for /metrics, not per request).
-    pub async fn cached_entries(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
