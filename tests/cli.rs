@@ -1,0 +1,287 @@
+//! The real binary: token and member commands, `check`, `serve` logs and SIGTERM draining.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bentogate"))
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    bin().current_dir(dir).args(args).env_remove("BENTOGATE_CONFIG").output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const CONFIG: &str = "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\n";
+
+fn write_config(dir: &Path, upstream: SocketAddr, extra: &str) -> String {
+    let text = format!(
+        "{CONFIG}{extra}deployments:\n  - name: a\n    upstream: \"http://{upstream}\"\n    policy: protected\n    public_paths: [/readyz]\n"
+    );
+    std::fs::write(dir.join("bentogate.yaml"), text).unwrap();
+    dir.join("bentogate.yaml").display().to_string()
+}
+
+#[test]
+fn token_commands_print_the_value_once_and_never_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let created = run(d, &["token", "create", "ci", "--deployment", "a", "--deployment", "b", "--description", "CI", "--expires", "30d", "-o", "json"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&created)).unwrap();
+    let value = v["token"].as_str().unwrap().to_owned();
+    let uid = v["uid"].as_str().unwrap().to_owned();
+    assert!(value.starts_with("bgt_") && value.len() == 40);
+    assert_eq!(v["name"], "ci");
+    assert_eq!(v["deployments"], serde_json::json!(["a", "b"]));
+    let expires = bentogate::clock::parse_absolute(v["expired_at"].as_str().unwrap()).unwrap();
+    assert!((expires - bentogate::clock::now() - 30 * 86400).abs() <= 5);
+
+    for format in ["table", "json", "yaml"] {
+        for args in [vec!["token", "list", "-o", format], vec!["token", "get", &uid, "-o", format]] {
+            let o = run(d, &args);
+            assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+            assert!(stdout(&o).contains("ci"), "{args:?}");
+            assert!(!stdout(&o).contains(&value), "{args:?} printed the value");
+        }
+    }
+    assert!(!std::fs::read_to_string(d.join("tokens.yaml")).unwrap().contains(&value));
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&stdout(&run(d, &["token", "list", "-o", "yaml"]))).unwrap();
+    assert_eq!(yaml[0]["uid"].as_str(), Some(uid.as_str()));
+
+    let table = run(d, &["token", "create", "ops", "--scope", "api", "--scope", "read_cluster", "--expires", "2999-12-31", "--monitoring"]);
+    assert!(stdout(&table).contains("shown this once"), "{}", stdout(&table));
+    let searched = stdout(&run(d, &["token", "list", "--search", "op", "-o", "json"]));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&searched).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["scopes"], serde_json::json!(["api", "read_cluster"]));
+    assert_eq!(list[0]["expired_at"], "2999-12-31T00:00:00Z");
+    assert_eq!(list[0]["monitoring"], true);
+
+    let deleted = run(d, &["token", "delete", &uid]);
+    assert!(deleted.status.success());
+    let again = run(d, &["token", "get", &uid]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("no token with uid"), "{}", stderr(&again));
+}
+
+#[test]
+fn token_create_refuses_bad_input_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: [(&[&str], &str); 5] = [
+        (&["token", "create", "x"], "at least one kind of access"),
+        (&["token", "create", "x", "--deployment", "a", "--expires", "soon"], "--expires"),
+        (&["token", "create", "x", "--deployment", "a", "--expires", "2001-01-01"], "in the past"),
+        (&["token", "create", "x", "--deployment", "a", "--user", "ghost"], "member add ghost"),
+        (&["token", "create", "x", "--scope", "root"], "invalid value"),
+    ];
+    for (args, want) in cases {
+        let o = run(d, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn members_are_added_promoted_and_removed_with_their_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(run(d, &["member", "add", "ann", "--email", "ann@example.com"]).status.success());
+    assert_eq!(run(d, &["member", "add", "ann"]).status.code(), Some(2));
+    assert!(run(d, &["token", "create", "mine", "--user", "ann", "--all-deployments"]).status.success());
+    assert!(run(d, &["member", "promote", "ann"]).status.success());
+    let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&run(d, &["member", "list", "-o", "json"]))).unwrap();
+    assert_eq!(list[0]["role"], "admin");
+    assert_eq!(list[0]["email"], "ann@example.com");
+    let removed = run(d, &["member", "remove", "ann"]);
+    assert!(stdout(&removed).contains("deleted 1 personal tokens"), "{}", stdout(&removed));
+    assert_eq!(run(d, &["member", "remove", "ann"]).status.code(), Some(1));
+    assert_eq!(stdout(&run(d, &["token", "list", "-o", "json"])).trim(), "[]");
+}
+
+#[test]
+fn concurrent_writers_never_lose_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let name = format!("w{w}-{i}");
+                    let o = run(&d, &["token", "create", &name, "--all-deployments", "-o", "json"]);
+                    assert!(o.status.success(), "{}", stderr(&o));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&run(&d, &["token", "list", "-o", "json"]))).unwrap();
+    assert_eq!(list.len(), 40);
+}
+
+#[test]
+fn check_names_file_line_and_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bad = d.join("bad.yaml");
+    std::fs::write(&bad, format!("{CONFIG}deployments:\n  - name: a\n    upstream: http://127.0.0.1:1\n    policy: protectd\n")).unwrap();
+    let o = run(d, &["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("bad.yaml:6:") && e.contains("deployments[0].policy") && e.contains("protectd"), "{e}");
+    let o = run(d, &["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "serve must refuse a bad config the same way");
+    assert!(stderr(&o).contains("bad.yaml:6:"));
+    let o = run(d, &["check", "--config", "missing.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("missing.yaml"));
+    // The embedded defaults are valid as they are.
+    let o = run(d, &["check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("OK"));
+    // A corrupt token file fails check too.
+    std::fs::write(d.join("tokens.yaml"), "tokens: [ {").unwrap();
+    assert_eq!(run(d, &["check"]).status.code(), Some(2));
+}
+
+/// A `bentogate serve` child with its addresses, read from its JSON "listening" line.
+struct Served {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+fn serve(config: &str) -> Served {
+    let mut child = bin()
+        .args(["serve", "--config", config])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no listening line");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        if v["message"] == "listening" {
+            let proxy = v["proxy_addr"].as_str().unwrap().parse().unwrap();
+            let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
+            return Served { child, proxy, admin, lines };
+        }
+    }
+}
+
+fn sigterm(child: &Child) {
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "bentogate did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_one_access_line_per_request_and_never_a_token() {
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), u.addr, "log: {format: json, access: true}\n");
+    let (uid, value) = add_token(&dir.path().join("tokens.yaml"), Grant::to(&["a"]));
+    let mut s = serve(&config);
+    assert_eq!(status(s.proxy, "/v1/predict?secret=q", Some(&value)).await, StatusCode::OK);
+    assert_eq!(status(s.proxy, "/v1/predict", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(s.proxy, "/v1/predict", Some("bgt_wrongwrongwrongwrongwrongwrongwrong1")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&client(), s.admin, "/healthz", &[]).await.status, StatusCode::OK);
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    let lines: Vec<String> = s.lines.try_iter().collect();
+    let all = lines.join("\n");
+    assert!(!all.contains(&value), "a token value reached the log");
+    assert!(!all.to_lowercase().contains("bearer"), "an Authorization header reached the log");
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "bentogate::access")
+        .collect();
+    assert_eq!(access.len(), 3, "{all}");
+    let ok = &access[0];
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/v1/predict", "the query string is not logged");
+    assert_eq!(ok["deployment"], "a");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["decision"], "allowed");
+    assert_eq!(ok["token_uid"], uid.as_str());
+    assert!(ok["latency_us"].is_u64());
+    assert_eq!(access[1]["decision"], "unauthorized");
+    assert_eq!(access[1]["token_uid"], "-");
+
+    // access: false turns the lines off.
+    let quiet = write_config(dir.path(), u.addr, "log: {format: json, access: false}\n");
+    let mut s = serve(&quiet);
+    assert_eq!(status(s.proxy, "/", Some(&value)).await, StatusCode::OK);
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    assert!(!s.lines.try_iter().any(|l| l.contains("bentogate::access")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), u.addr, "log: {format: json, access: false}\nlimits: {drain_timeout: 20s}\n");
+    let (_, value) = add_token(&dir.path().join("tokens.yaml"), Grant::to(&["a"]));
+    let mut s = serve(&config);
+    let req = http::Request::get(format!("http://{}/stream", s.proxy))
+        .header("authorization", format!("Bearer {value}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let res = client().request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    use http_body_util::BodyExt;
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first\n");
+
+    sigterm(&s.child);
+    let proxy = s.proxy;
+    eventually(Duration::from_secs(5), || async move { tokio::net::TcpStream::connect(proxy).await.is_err() }).await;
+    assert!(s.child.try_wait().unwrap().is_none(), "exited with a request in flight");
+    u.release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "last\n");
+    assert_eq!(wait_exit(&mut s.child, Duration::from_secs(10)).code(), Some(0));
+}
