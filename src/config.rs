@@ -675,7 +675,10 @@ impl Validator<'_> {
                 let near: Vec<&str> = near.iter().map(String::as_str).collect();
                 let mut e = self.error(format!("deployments[{i}].{field}"), &near, message);
                 // An omitted key has no line of its own: point at the deployment's name.
-                if let ConfigError::Invalid { line: line @ None, .. } = &mut e {
+                if let ConfigError::Invalid {
+                    line: line @ None, ..
+                } = &mut e
+                {
                     *line = find_line(self.text, &near[..1]);
                 }
                 e
@@ -853,6 +856,13 @@ mod tests {
     }
 
     #[test]
+    fn the_container_config_is_valid() {
+        let text = include_str!("../deploy/container.yaml");
+        let c = Config::parse(text, "deploy/container.yaml", Path::new("/")).unwrap();
+        assert_eq!(c.tokens.file, Path::new("/var/lib/bentogate/tokens.yaml"));
+    }
+
+    #[test]
     fn defaults_fill_what_is_omitted() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(
@@ -894,7 +904,10 @@ mod tests {
         );
         let dup = "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n  - name: b\n    upstream: http://127.0.0.1:3000\n    policy: public\n";
         let e = parse(dup).unwrap_err().to_string();
-        assert!(e.starts_with("test.yaml:5: deployments[1].path_prefix:"), "{e}");
+        assert!(
+            e.starts_with("test.yaml:5: deployments[1].path_prefix:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl RouteTable {
             }
         }
         let longest_first = |mut v: Vec<Arc<Route>>| {
-            v.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            v.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             v.into_boxed_slice()
         };
         RouteTable {

@@ -68,7 +68,7 @@ impl Expiry<Digest, Entry> for EntryExpiry {
 
 /// The cached validator shared by every request.
 pub struct Validator {
-    cache: Cache<Digest, Entry>,
+    cache: Cache<Digest, Entry, foldhash::fast::RandomState>,
     source: Arc<FileSource>,
     metrics: Arc<Metrics>,
 }
@@ -82,7 +82,9 @@ impl Validator {
                 ttl: config.cache_ttl,
                 negative_ttl: config.negative_ttl,
             })
-            .build();
+            // Keys are SHA-256 outputs: a fast seeded hash suffices, and SipHash would cost more
+            // than the lookup itself.
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Validator {
             cache,
             source,

@@ -18,7 +18,12 @@ fn bin() -> Command {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    bin().current_dir(dir).args(args).env_remove("BENTOGATE_CONFIG").output().unwrap()
+    bin()
+        .current_dir(dir)
+        .args(args)
+        .env_remove("BENTOGATE_CONFIG")
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -43,7 +48,24 @@ fn write_config(dir: &Path, upstream: SocketAddr, extra: &str) -> String {
 fn token_commands_print_the_value_once_and_never_again() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let created = run(d, &["token", "create", "ci", "--deployment", "a", "--deployment", "b", "--description", "CI", "--expires", "30d", "-o", "json"]);
+    let created = run(
+        d,
+        &[
+            "token",
+            "create",
+            "ci",
+            "--deployment",
+            "a",
+            "--deployment",
+            "b",
+            "--description",
+            "CI",
+            "--expires",
+            "30d",
+            "-o",
+            "json",
+        ],
+    );
     assert!(created.status.success(), "{}", stderr(&created));
     let v: serde_json::Value = serde_json::from_str(&stdout(&created)).unwrap();
     let value = v["token"].as_str().unwrap().to_owned();
@@ -55,23 +77,50 @@ fn token_commands_print_the_value_once_and_never_again() {
     assert!((expires - bentogate::clock::now() - 30 * 86400).abs() <= 5);
 
     for format in ["table", "json", "yaml"] {
-        for args in [vec!["token", "list", "-o", format], vec!["token", "get", &uid, "-o", format]] {
+        for args in [
+            vec!["token", "list", "-o", format],
+            vec!["token", "get", &uid, "-o", format],
+        ] {
             let o = run(d, &args);
             assert!(o.status.success(), "{args:?}: {}", stderr(&o));
             assert!(stdout(&o).contains("ci"), "{args:?}");
             assert!(!stdout(&o).contains(&value), "{args:?} printed the value");
         }
     }
-    assert!(!std::fs::read_to_string(d.join("tokens.yaml")).unwrap().contains(&value));
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&stdout(&run(d, &["token", "list", "-o", "yaml"]))).unwrap();
+    assert!(!std::fs::read_to_string(d.join("tokens.yaml"))
+        .unwrap()
+        .contains(&value));
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&stdout(&run(d, &["token", "list", "-o", "yaml"]))).unwrap();
     assert_eq!(yaml[0]["uid"].as_str(), Some(uid.as_str()));
 
-    let table = run(d, &["token", "create", "ops", "--scope", "api", "--scope", "read_cluster", "--expires", "2999-12-31", "--monitoring"]);
-    assert!(stdout(&table).contains("shown this once"), "{}", stdout(&table));
+    let table = run(
+        d,
+        &[
+            "token",
+            "create",
+            "ops",
+            "--scope",
+            "api",
+            "--scope",
+            "read_cluster",
+            "--expires",
+            "2999-12-31",
+            "--monitoring",
+        ],
+    );
+    assert!(
+        stdout(&table).contains("shown this once"),
+        "{}",
+        stdout(&table)
+    );
     let searched = stdout(&run(d, &["token", "list", "--search", "op", "-o", "json"]));
     let list: Vec<serde_json::Value> = serde_json::from_str(&searched).unwrap();
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["scopes"], serde_json::json!(["api", "read_cluster"]));
+    assert_eq!(
+        list[0]["scopes"],
+        serde_json::json!(["api", "read_cluster"])
+    );
     assert_eq!(list[0]["expired_at"], "2999-12-31T00:00:00Z");
     assert_eq!(list[0]["monitoring"], true);
 
@@ -79,7 +128,11 @@ fn token_commands_print_the_value_once_and_never_again() {
     assert!(deleted.status.success());
     let again = run(d, &["token", "get", &uid]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("no token with uid"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("no token with uid"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -88,10 +141,46 @@ fn token_create_refuses_bad_input_with_exit_2() {
     let d = dir.path();
     let cases: [(&[&str], &str); 5] = [
         (&["token", "create", "x"], "at least one kind of access"),
-        (&["token", "create", "x", "--deployment", "a", "--expires", "soon"], "--expires"),
-        (&["token", "create", "x", "--deployment", "a", "--expires", "2001-01-01"], "in the past"),
-        (&["token", "create", "x", "--deployment", "a", "--user", "ghost"], "member add ghost"),
-        (&["token", "create", "x", "--scope", "root"], "invalid value"),
+        (
+            &[
+                "token",
+                "create",
+                "x",
+                "--deployment",
+                "a",
+                "--expires",
+                "soon",
+            ],
+            "--expires",
+        ),
+        (
+            &[
+                "token",
+                "create",
+                "x",
+                "--deployment",
+                "a",
+                "--expires",
+                "2001-01-01",
+            ],
+            "in the past",
+        ),
+        (
+            &[
+                "token",
+                "create",
+                "x",
+                "--deployment",
+                "a",
+                "--user",
+                "ghost",
+            ],
+            "member add ghost",
+        ),
+        (
+            &["token", "create", "x", "--scope", "root"],
+            "invalid value",
+        ),
     ];
     for (args, want) in cases {
         let o = run(d, args);
@@ -104,17 +193,41 @@ fn token_create_refuses_bad_input_with_exit_2() {
 fn members_are_added_promoted_and_removed_with_their_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(run(d, &["member", "add", "ann", "--email", "ann@example.com"]).status.success());
+    assert!(
+        run(d, &["member", "add", "ann", "--email", "ann@example.com"])
+            .status
+            .success()
+    );
     assert_eq!(run(d, &["member", "add", "ann"]).status.code(), Some(2));
-    assert!(run(d, &["token", "create", "mine", "--user", "ann", "--all-deployments"]).status.success());
+    assert!(run(
+        d,
+        &[
+            "token",
+            "create",
+            "mine",
+            "--user",
+            "ann",
+            "--all-deployments"
+        ]
+    )
+    .status
+    .success());
     assert!(run(d, &["member", "promote", "ann"]).status.success());
-    let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&run(d, &["member", "list", "-o", "json"]))).unwrap();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout(&run(d, &["member", "list", "-o", "json"]))).unwrap();
     assert_eq!(list[0]["role"], "admin");
     assert_eq!(list[0]["email"], "ann@example.com");
     let removed = run(d, &["member", "remove", "ann"]);
-    assert!(stdout(&removed).contains("deleted 1 personal tokens"), "{}", stdout(&removed));
+    assert!(
+        stdout(&removed).contains("deleted 1 personal tokens"),
+        "{}",
+        stdout(&removed)
+    );
     assert_eq!(run(d, &["member", "remove", "ann"]).status.code(), Some(1));
-    assert_eq!(stdout(&run(d, &["token", "list", "-o", "json"])).trim(), "[]");
+    assert_eq!(
+        stdout(&run(d, &["token", "list", "-o", "json"])).trim(),
+        "[]"
+    );
 }
 
 #[test]
@@ -127,7 +240,10 @@ fn concurrent_writers_never_lose_a_token() {
             std::thread::spawn(move || {
                 for i in 0..5 {
                     let name = format!("w{w}-{i}");
-                    let o = run(&d, &["token", "create", &name, "--all-deployments", "-o", "json"]);
+                    let o = run(
+                        &d,
+                        &["token", "create", &name, "--all-deployments", "-o", "json"],
+                    );
                     assert!(o.status.success(), "{}", stderr(&o));
                 }
             })
@@ -136,7 +252,8 @@ fn concurrent_writers_never_lose_a_token() {
     for w in writers {
         w.join().unwrap();
     }
-    let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&run(&d, &["token", "list", "-o", "json"]))).unwrap();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout(&run(&d, &["token", "list", "-o", "json"]))).unwrap();
     assert_eq!(list.len(), 40);
 }
 
@@ -149,9 +266,16 @@ fn check_names_file_line_and_key_and_exits_2() {
     let o = run(d, &["check", "--config", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("bad.yaml:6:") && e.contains("deployments[0].policy") && e.contains("protectd"), "{e}");
+    assert!(
+        e.contains("bad.yaml:6:") && e.contains("deployments[0].policy") && e.contains("protectd"),
+        "{e}"
+    );
     let o = run(d, &["serve", "--config", bad.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "serve must refuse a bad config the same way");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "serve must refuse a bad config the same way"
+    );
     assert!(stderr(&o).contains("bad.yaml:6:"));
     let o = run(d, &["check", "--config", "missing.yaml"]);
     assert_eq!(o.status.code(), Some(2));
@@ -173,8 +297,18 @@ struct Served {
     lines: mpsc::Receiver<String>,
 }
 
+impl Drop for Served {
+    fn drop(&mut self) {
+        // A failed test must not leave a server running.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn serve(config: &str) -> Served {
-    let mut child = bin()
+    let child = bin()
         .args(["serve", "--config", config])
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
@@ -182,7 +316,14 @@ fn serve(config: &str) -> Served {
         .spawn()
         .unwrap();
     let (tx, lines) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
+    let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut served = Served {
+        child,
+        proxy: unbound,
+        admin: unbound,
+        lines,
+    };
+    let err = served.child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -190,18 +331,27 @@ fn serve(config: &str) -> Served {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no listening line");
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let line = served
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no listening line");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         if v["message"] == "listening" {
-            let proxy = v["proxy_addr"].as_str().unwrap().parse().unwrap();
-            let admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
-            return Served { child, proxy, admin, lines };
+            served.proxy = v["proxy_addr"].as_str().unwrap().parse().unwrap();
+            served.admin = v["admin_addr"].as_str().unwrap().parse().unwrap();
+            return served;
         }
     }
 }
 
 fn sigterm(child: &Child) {
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
@@ -222,16 +372,36 @@ async fn serve_logs_one_access_line_per_request_and_never_a_token() {
     let config = write_config(dir.path(), u.addr, "log: {format: json, access: true}\n");
     let (uid, value) = add_token(&dir.path().join("tokens.yaml"), Grant::to(&["a"]));
     let mut s = serve(&config);
-    assert_eq!(status(s.proxy, "/v1/predict?secret=q", Some(&value)).await, StatusCode::OK);
-    assert_eq!(status(s.proxy, "/v1/predict", None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(status(s.proxy, "/v1/predict", Some("bgt_wrongwrongwrongwrongwrongwrongwrong1")).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(send(&client(), s.admin, "/healthz", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        status(s.proxy, "/v1/predict?secret=q", Some(&value)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(s.proxy, "/v1/predict", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(
+            s.proxy,
+            "/v1/predict",
+            Some("bgt_wrongwrongwrongwrongwrongwrongwrong1")
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&client(), s.admin, "/healthz", &[]).await.status,
+        StatusCode::OK
+    );
     sigterm(&s.child);
     assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
     let lines: Vec<String> = s.lines.try_iter().collect();
     let all = lines.join("\n");
     assert!(!all.contains(&value), "a token value reached the log");
-    assert!(!all.to_lowercase().contains("bearer"), "an Authorization header reached the log");
+    assert!(
+        !all.to_lowercase().contains("bearer"),
+        "an Authorization header reached the log"
+    );
     let access: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -262,7 +432,11 @@ async fn serve_logs_one_access_line_per_request_and_never_a_token() {
 async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let u = upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), u.addr, "log: {format: json, access: false}\nlimits: {drain_timeout: 20s}\n");
+    let config = write_config(
+        dir.path(),
+        u.addr,
+        "log: {format: json, access: false}\nlimits: {drain_timeout: 20s}\n",
+    );
     let (_, value) = add_token(&dir.path().join("tokens.yaml"), Grant::to(&["a"]));
     let mut s = serve(&config);
     let req = http::Request::get(format!("http://{}/stream", s.proxy))
@@ -278,10 +452,19 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
 
     sigterm(&s.child);
     let proxy = s.proxy;
-    eventually(Duration::from_secs(5), || async move { tokio::net::TcpStream::connect(proxy).await.is_err() }).await;
-    assert!(s.child.try_wait().unwrap().is_none(), "exited with a request in flight");
+    eventually(Duration::from_secs(5), || async move {
+        tokio::net::TcpStream::connect(proxy).await.is_err()
+    })
+    .await;
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
     u.release.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "last\n");
-    assert_eq!(wait_exit(&mut s.child, Duration::from_secs(10)).code(), Some(0));
+    assert_eq!(
+        wait_exit(&mut s.child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
 }

@@ -71,7 +71,10 @@ fn a_cache_hit_allocates_nothing() {
     let metrics = Arc::new(Metrics::new().unwrap());
     let source = Arc::new(FileSource::open(&file, metrics.clone()).unwrap());
     let validator = Validator::new(&config.tokens, source, metrics);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let value = secret.expose().as_bytes().to_vec();
     let unknown = Secret::generate().unwrap().expose().as_bytes().to_vec();
     let malformed = b"bgt_notachecksummedvalue".to_vec();
@@ -102,7 +105,10 @@ fn a_cache_hit_allocates_nothing() {
     }
     assert_eq!(passed, 300 * 30 * 3);
     let n = ALLOCATIONS.swap(0, Ordering::SeqCst);
-    assert_eq!(n, 0, "{n} allocations over 27,000 validations (hits, negative hits, malformed)");
+    assert_eq!(
+        n, 0,
+        "{n} allocations over 27,000 validations (hits, negative hits, malformed)"
+    );
 
     // 2. Including moka's housekeeping, which runs inline every 64 reads: crossbeam-epoch flushes
     //    a garbage bag (one 2 KiB allocation) about every other run. Amortized, well under 1%.
@@ -111,6 +117,9 @@ fn a_cache_hit_allocates_nothing() {
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(passed, 30_000);
     let n = ALLOCATIONS.load(Ordering::SeqCst);
-    assert!(n <= 300, "{n} allocations over 30,000 validations including housekeeping");
+    assert!(
+        n <= 300,
+        "{n} allocations over 30,000 validations including housekeeping"
+    );
     eprintln!("{n} allocations over 30,000 validations including moka housekeeping");
 }

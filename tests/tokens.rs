@@ -39,7 +39,10 @@ async fn a_deleted_token_is_rejected_within_a_second() {
 async fn an_unknown_token_cached_negatively_works_as_soon_as_it_is_added() {
     let (_u, g) = protected_gate().await;
     let secret = bentogate::token::Secret::generate().unwrap();
-    assert_eq!(status(g.addr, "/", Some(secret.expose())).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(g.addr, "/", Some(secret.expose())).await,
+        StatusCode::UNAUTHORIZED
+    );
     add_record(&g.tokens, "late", secret.digest(), Grant::to(&["a"]));
     let took = until_status(g.addr, "/", Some(secret.expose()), StatusCode::OK).await;
     assert!(took <= Duration::from_secs(1), "took {took:?}");
@@ -56,7 +59,11 @@ async fn a_kubernetes_secret_symlink_swap_is_seen() {
     let (uid1, first) = add_token(&v1.join("tokens.yaml"), Grant::to(&["a"]));
     std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/tokens.yaml", root.join("tokens.yaml")).unwrap();
-    let g = gate_in(dir, &format!("deployments:\n{}", deployment("a", u.addr, "protected", ""))).await;
+    let g = gate_in(
+        dir,
+        &format!("deployments:\n{}", deployment("a", u.addr, "protected", "")),
+    )
+    .await;
     assert_eq!(status(g.addr, "/", Some(&first)).await, StatusCode::OK);
 
     let root = g.dir.path();
@@ -67,7 +74,11 @@ async fn a_kubernetes_secret_symlink_swap_is_seen() {
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     let took = until_status(g.addr, "/", Some(&second), StatusCode::OK).await;
     assert!(took <= Duration::from_secs(1), "took {took:?}");
-    assert_eq!(status(g.addr, "/", Some(&first)).await, StatusCode::UNAUTHORIZED, "{uid1} was swapped out");
+    assert_eq!(
+        status(g.addr, "/", Some(&first)).await,
+        StatusCode::UNAUTHORIZED,
+        "{uid1} was swapped out"
+    );
 }
 
 #[tokio::test]
@@ -80,17 +91,27 @@ async fn a_corrupt_or_empty_file_keeps_the_last_good_set() {
     let half = &good[..good.len() / 2];
     std::fs::write(&g.tokens, format!("{half}\n  - {{ broken")).unwrap();
     eventually(Duration::from_secs(3), || async {
-        send(&client(), g.admin, "/readyz", &[]).await.body.contains("degraded")
+        send(&client(), g.admin, "/readyz", &[])
+            .await
+            .body
+            .contains("degraded")
     })
     .await;
     let ready = send(&client(), g.admin, "/readyz", &[]).await;
-    assert_eq!(ready.status, StatusCode::OK, "a bad file must not take the gate out of service");
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "a bad file must not take the gate out of service"
+    );
     assert!(ready.body.contains("tokens.yaml"), "{}", ready.body);
     assert_eq!(status(g.addr, "/", Some(&value)).await, StatusCode::OK);
     assert_eq!(status(g.addr, "/", None).await, StatusCode::UNAUTHORIZED);
     let m = metrics(g.admin).await;
     assert_eq!(metric(&m, "bentogate_token_file_healthy"), 0.0);
-    assert_eq!(metric(&m, r#"bentogate_token_file_reloads_total{result="error"}"#), 1.0);
+    assert_eq!(
+        metric(&m, r#"bentogate_token_file_reloads_total{result="error"}"#),
+        1.0
+    );
 
     std::fs::write(&g.tokens, "").unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await; // two poll intervals: nothing may change
@@ -98,10 +119,16 @@ async fn a_corrupt_or_empty_file_keeps_the_last_good_set() {
 
     std::fs::write(&g.tokens, &good).unwrap();
     eventually(Duration::from_secs(3), || async {
-        send(&client(), g.admin, "/readyz", &[]).await.body.contains(r#""status":"ready""#)
+        send(&client(), g.admin, "/readyz", &[])
+            .await
+            .body
+            .contains(r#""status":"ready""#)
     })
     .await;
-    assert_eq!(metric(&metrics(g.admin).await, "bentogate_token_file_healthy"), 1.0);
+    assert_eq!(
+        metric(&metrics(g.admin).await, "bentogate_token_file_healthy"),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -141,23 +168,40 @@ async fn reloads_drop_no_request() {
         ok += o;
         failed += f;
     }
-    assert_eq!(failed, 0, "{failed} requests failed during reloads ({ok} passed)");
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed during reloads ({ok} passed)"
+    );
     assert!(ok > 40, "only {ok} requests ran");
     let m = metrics(g.admin).await;
-    assert!(metric(&m, r#"bentogate_token_file_reloads_total{result="success"}"#) >= 5.0);
+    assert!(
+        metric(
+            &m,
+            r#"bentogate_token_file_reloads_total{result="success"}"#
+        ) >= 5.0
+    );
 }
 
 #[tokio::test]
 async fn an_expired_token_is_rejected_from_the_second_it_expires() {
     let (_u, g) = protected_gate().await;
     let expires = clock::now() + 2;
-    let (_, value) = add_token(&g.tokens, Grant { expired_at: Some(expires), ..Grant::to(&["a"]) });
+    let (_, value) = add_token(
+        &g.tokens,
+        Grant {
+            expired_at: Some(expires),
+            ..Grant::to(&["a"])
+        },
+    );
     let start = Instant::now();
     loop {
         let before = clock::now();
         let got = status(g.addr, "/", Some(&value)).await;
         if got == StatusCode::OK {
-            assert!(before < expires, "a 200 at {before} for a token that expired at {expires}");
+            assert!(
+                before < expires,
+                "a 200 at {before} for a token that expired at {expires}"
+            );
         } else if got == StatusCode::UNAUTHORIZED && before >= expires - 1 {
             // Unknown while the file reloads right after creation is also 401: only count late ones.
             assert!(clock::now() >= expires, "rejected before its expiry");
@@ -172,16 +216,35 @@ async fn an_expired_token_is_rejected_from_the_second_it_expires() {
 async fn malformed_tokens_never_reach_the_cache_or_the_source() {
     let (_u, g) = protected_gate().await;
     let before = metrics(g.admin).await;
-    for bad in ["bgt_short", "bgt_0000000000000000000000000000000000AA", "tiny", "has space inside!", "ü-not-ascii-at-all"] {
+    for bad in [
+        "bgt_short",
+        "bgt_0000000000000000000000000000000000AA",
+        "tiny",
+        "has space inside!",
+        "ü-not-ascii-at-all",
+    ] {
         let auth = format!("Bearer {bad}");
         let res = send(&client(), g.addr, "/", &[("authorization", &auth)]).await;
         assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{bad}");
     }
     let after = metrics(g.admin).await;
-    for series in ["bentogate_token_cache_misses_total", "bentogate_token_cache_hits_total", "bentogate_token_source_lookups_total"] {
-        assert_eq!(metric(&before, series), metric(&after, series), "{series} moved");
+    for series in [
+        "bentogate_token_cache_misses_total",
+        "bentogate_token_cache_hits_total",
+        "bentogate_token_source_lookups_total",
+    ] {
+        assert_eq!(
+            metric(&before, series),
+            metric(&after, series),
+            "{series} moved"
+        );
     }
-    assert!(metric(&after, r#"bentogate_requests_total{deployment="a",outcome="unauthorized"}"#) >= 5.0);
+    assert!(
+        metric(
+            &after,
+            r#"bentogate_requests_total{deployment="a",outcome="unauthorized"}"#
+        ) >= 5.0
+    );
 }
 
 #[tokio::test]
@@ -191,27 +254,53 @@ async fn concurrent_misses_for_one_token_make_one_lookup() {
     until_status(g.addr, "/", Some(&warm), StatusCode::OK).await;
     // Add the token and wait until the file is live without presenting it.
     let (_, value) = add_token(&g.tokens, Grant::to(&["a"]));
-    eventually(Duration::from_secs(3), || async { metric(&metrics(g.admin).await, "bentogate_tokens_loaded") == 2.0 }).await;
-    let before = metric(&metrics(g.admin).await, "bentogate_token_source_lookups_total");
+    eventually(Duration::from_secs(3), || async {
+        metric(&metrics(g.admin).await, "bentogate_tokens_loaded") == 2.0
+    })
+    .await;
+    let before = metric(
+        &metrics(g.admin).await,
+        "bentogate_token_source_lookups_total",
+    );
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (addr, v) = (g.addr, value.clone());
-        tasks.push(tokio::spawn(async move { status(addr, "/", Some(&v)).await }));
+        tasks.push(tokio::spawn(
+            async move { status(addr, "/", Some(&v)).await },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
-    let after = metric(&metrics(g.admin).await, "bentogate_token_source_lookups_total");
-    assert_eq!(after - before, 1.0, "50 concurrent first uses made {} lookups", after - before);
+    let after = metric(
+        &metrics(g.admin).await,
+        "bentogate_token_source_lookups_total",
+    );
+    assert_eq!(
+        after - before,
+        1.0,
+        "50 concurrent first uses made {} lookups",
+        after - before
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_tokens_die_with_their_member_and_organization_tokens_live_on() {
     let (_u, g) = protected_gate().await;
     let mut out = Vec::new();
-    let add = MemberCommand::Add { name: "ann".into(), email: Some("ann@example.com".into()), admin: false };
+    let add = MemberCommand::Add {
+        name: "ann".into(),
+        email: Some("ann@example.com".into()),
+        admin: false,
+    };
     cli::member(add, &g.tokens, Output::Table, &mut out).unwrap();
-    let (_, personal) = add_token(&g.tokens, Grant { user: Some("ann"), ..Grant::to(&["a"]) });
+    let (_, personal) = add_token(
+        &g.tokens,
+        Grant {
+            user: Some("ann"),
+            ..Grant::to(&["a"])
+        },
+    );
     let (_, org) = add_token(&g.tokens, Grant::to(&["a"]));
     until_status(g.addr, "/", Some(&personal), StatusCode::OK).await;
     until_status(g.addr, "/", Some(&org), StatusCode::OK).await;
@@ -225,12 +314,21 @@ async fn personal_tokens_die_with_their_member_and_organization_tokens_live_on()
     until_status(g.addr, "/", Some(&personal), StatusCode::OK).await;
 
     // ... and removal deletes them.
-    cli::member(MemberCommand::Remove { name: "ann".into() }, &g.tokens, Output::Table, &mut out).unwrap();
+    cli::member(
+        MemberCommand::Remove { name: "ann".into() },
+        &g.tokens,
+        Output::Table,
+        &mut out,
+    )
+    .unwrap();
     let took = until_status(g.addr, "/", Some(&personal), StatusCode::UNAUTHORIZED).await;
     assert!(took <= Duration::from_secs(1));
     assert_eq!(status(g.addr, "/", Some(&org)).await, StatusCode::OK);
     let printed = String::from_utf8(out).unwrap();
-    assert!(printed.contains("removed member ann and deleted 1 personal tokens"), "{printed}");
+    assert!(
+        printed.contains("removed member ann and deleted 1 personal tokens"),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,15 +347,34 @@ async fn imported_foreign_tokens_work_by_value_and_by_digest() {
     )
     .unwrap();
     let mut out = Vec::new();
-    cli::token(TokenCommand::Import { file: import.clone() }, &g.tokens, Output::Table, &mut out).unwrap();
-    assert_eq!(String::from_utf8_lossy(&out).trim(), "imported 2 tokens; 0 were already present");
+    cli::token(
+        TokenCommand::Import {
+            file: import.clone(),
+        },
+        &g.tokens,
+        Output::Table,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "imported 2 tokens; 0 were already present"
+    );
     until_status(g.addr, "/", Some(by_value), StatusCode::OK).await;
     assert_eq!(status(g.addr, "/", Some(by_digest)).await, StatusCode::OK);
     // Importing again adds nothing; the file never holds the value.
     out.clear();
-    cli::token(TokenCommand::Import { file: import }, &g.tokens, Output::Table, &mut out).unwrap();
+    cli::token(
+        TokenCommand::Import { file: import },
+        &g.tokens,
+        Output::Table,
+        &mut out,
+    )
+    .unwrap();
     assert!(String::from_utf8_lossy(&out).contains("imported 0 tokens; 2 were already present"));
-    assert!(!std::fs::read_to_string(&g.tokens).unwrap().contains(by_value));
+    assert!(!std::fs::read_to_string(&g.tokens)
+        .unwrap()
+        .contains(by_value));
 }
 
 #[test]
@@ -271,11 +388,25 @@ fn a_hundred_thousand_tokens_import_in_one_run() {
     let tokens = dir.path().join("tokens.yaml");
     let mut out = Vec::new();
     let start = Instant::now();
-    cli::token(TokenCommand::Import { file: import }, &tokens, Output::Table, &mut out).unwrap();
+    cli::token(
+        TokenCommand::Import { file: import },
+        &tokens,
+        Output::Table,
+        &mut out,
+    )
+    .unwrap();
     let took = start.elapsed();
-    assert_eq!(String::from_utf8_lossy(&out).trim(), "imported 100000 tokens; 0 were already present");
-    let file = bentogate::store::TokenFile::parse(&std::fs::read_to_string(&tokens).unwrap(), &tokens).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "imported 100000 tokens; 0 were already present"
+    );
+    let file =
+        bentogate::store::TokenFile::parse(&std::fs::read_to_string(&tokens).unwrap(), &tokens)
+            .unwrap();
     assert_eq!(file.tokens.len(), 100_000);
-    assert!(file.live_set().get(&Digest::of(b"legacy00000000099999")).is_some());
+    assert!(file
+        .live_set()
+        .get(&Digest::of(b"legacy00000000099999"))
+        .is_some());
     eprintln!("imported 100000 tokens in {took:?}");
 }

@@ -240,7 +240,7 @@ pub fn update<T>(
         line: None,
         message,
     })?;
-    let text = file.to_yaml().map_err(|e| StoreError::Corrupt {
+    let text = file.to_text().map_err(|e| StoreError::Corrupt {
         path: path.display().to_string(),
         line: None,
         message: e.to_string(),

