@@ -30,13 +30,11 @@ pub enum Outcome {
     UpstreamError,
     /// 504: upstream too slow.
     UpstreamTimeout,
-    /// 503: the token source could not answer and nothing was cached.
-    SourceUnavailable,
 }
 
 impl Outcome {
     /// Every outcome, in label-array order.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Allowed,
         Outcome::Public,
         Outcome::Unauthorized,
@@ -46,7 +44,6 @@ impl Outcome {
         Outcome::HeadersTooLarge,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
-        Outcome::SourceUnavailable,
     ];
 
     /// The label value.
@@ -61,7 +58,6 @@ impl Outcome {
             Outcome::HeadersTooLarge => "headers_too_large",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
-            Outcome::SourceUnavailable => "source_unavailable",
         }
     }
 }

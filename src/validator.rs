@@ -46,14 +46,9 @@ struct EntryExpiry {
     negative_ttl: Duration,
 }
 
-impl Expiry<Digest, Entry> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Digest,
-        value: &Entry,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(match &value.token {
+impl EntryExpiry {
+    fn life(&self, value: &Entry) -> Duration {
+        match &value.token {
             None => self.negative_ttl,
             Some(t) => match t.expired_at {
                 Some(at) => {
@@ -62,7 +57,30 @@ impl Expiry<Digest, Entry> for EntryExpiry {
                 }
                 None => self.ttl,
             },
-        })
+        }
+    }
+}
+
+impl Expiry<Digest, Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Digest,
+        value: &Entry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(self.life(value))
+    }
+
+    /// A refreshed entry (a newer generation replacing an older one) gets its own life; moka's
+    /// default would keep the old entry's, e.g. a negative entry's 5 s for a positive one.
+    fn expire_after_update(
+        &self,
+        _key: &Digest,
+        value: &Entry,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.life(value))
     }
 }
 

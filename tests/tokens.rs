@@ -308,7 +308,11 @@ async fn personal_tokens_die_with_their_member_and_organization_tokens_live_on()
     // Deactivation (an edit of the file) suspends her tokens at once ...
     let text = std::fs::read_to_string(&g.tokens).unwrap();
     assert!(text.contains(r#""active":true"#), "{text}");
-    std::fs::write(&g.tokens, text.replace(r#""active":true"#, r#""active":false"#)).unwrap();
+    std::fs::write(
+        &g.tokens,
+        text.replace(r#""active":true"#, r#""active":false"#),
+    )
+    .unwrap();
     let took = until_status(g.addr, "/", Some(&personal), StatusCode::UNAUTHORIZED).await;
     assert!(took <= Duration::from_secs(1));
     std::fs::write(&g.tokens, &text).unwrap();
