@@ -100,6 +100,7 @@ fn token_commands_print_the_value_once_and_never_again() {
             "token",
             "create",
             "ops",
+            "--org",
             "--scope",
             "api",
             "--scope",
@@ -123,6 +124,24 @@ fn token_commands_print_the_value_once_and_never_again() {
     );
     assert_eq!(list[0]["expired_at"], "2999-12-31T00:00:00Z");
     assert_eq!(list[0]["monitoring"], true);
+    assert_eq!(list[0]["kind"], "organization");
+    let both = run(
+        d,
+        &[
+            "token",
+            "create",
+            "x",
+            "--org",
+            "--user",
+            "ann",
+            "--all-deployments",
+        ],
+    );
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--org and --user exclude each other"
+    );
 
     let deleted = run(d, &["token", "delete", &uid]);
     assert!(deleted.status.success());

@@ -415,3 +415,43 @@ fn a_hundred_thousand_tokens_import_in_one_run() {
         .is_some());
     eprintln!("imported 100000 tokens in {took:?}");
 }
+
+#[test]
+fn the_cache_is_bounded_and_unknown_tokens_are_cached_negatively() {
+    use bentogate::validator::{Validator, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let config = bentogate::config::Config::parse(
+        "tokens: {cache: {capacity: 16, negative_ttl: 30s}}\ndeployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: protected }\n",
+        "t",
+        dir.path(),
+    )
+    .unwrap();
+    let metrics = Arc::new(bentogate::metrics::Metrics::new().unwrap());
+    let source =
+        Arc::new(bentogate::store::FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
+    let validator = Validator::new(&config.tokens, source, metrics.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let unknown = bentogate::token::Secret::generate().unwrap();
+        for _ in 0..10 {
+            assert!(matches!(
+                validator.validate(unknown.expose().as_bytes(), 0).await,
+                Verdict::Unknown
+            ));
+        }
+        assert_eq!(
+            metrics.source_lookups.get(),
+            1,
+            "an unknown token is looked up once, then cached"
+        );
+        assert_eq!(metrics.cache_hits.get(), 9);
+        for _ in 0..1000 {
+            let v = bentogate::token::Secret::generate().unwrap();
+            validator.validate(v.expose().as_bytes(), 0).await;
+        }
+    });
+    let entries = validator.cached_entries();
+    assert!(entries <= 16, "{entries} entries in a cache bounded at 16");
+}
