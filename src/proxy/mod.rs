@@ -78,52 +78,46 @@ impl Gateway {
             .then(|| (req.method().clone(), req.uri().clone()));
         let (parts, body) = req.into_parts();
         let version = parts.version;
-        let (metrics, deployment, outcome, uid, res) = match self.admit(&parts).await {
-            Err((route, reject)) => {
-                let res = reject.response().map(Either::Right);
-                let metrics = route.map_or(&self.unrouted, |r| &r.metrics);
-                (
-                    metrics,
-                    route.map(|r| &*r.name),
-                    reject.outcome(),
-                    None,
-                    res,
-                )
-            }
+        let (route, token, outcome, mut res) = match self.admit(&parts).await {
+            Err((route, reject)) => (
+                route,
+                None,
+                reject.outcome(),
+                reject.response().map(Either::Right),
+            ),
             Ok(Admitted { route, token }) => {
-                let outcome = if token.is_some() {
-                    Outcome::Allowed
-                } else {
-                    Outcome::Public
-                };
-                let res = match self
+                match self
                     .forward(route, parts, body, client, token.as_deref())
                     .await
                 {
-                    Ok(res) => res.map(Either::Left),
-                    Err(reject) => {
-                        let res = reject.response().map(Either::Right);
-                        let metrics = &route.metrics;
-                        let elapsed = started.elapsed();
-                        metrics.record(reject.outcome(), elapsed.as_secs_f64());
-                        self.log(
-                            &logged,
-                            Some(&route.name),
-                            &res,
-                            reject.outcome(),
-                            token.as_deref(),
-                            started,
-                        );
-                        return res;
+                    Ok(res) => {
+                        let outcome = if token.is_some() {
+                            Outcome::Allowed
+                        } else {
+                            Outcome::Public
+                        };
+                        (Some(route), token, outcome, res.map(Either::Left))
                     }
-                };
-                (&route.metrics, Some(&*route.name), outcome, token, res)
+                    Err(reject) => (
+                        Some(route),
+                        token,
+                        reject.outcome(),
+                        reject.response().map(Either::Right),
+                    ),
+                }
             }
         };
-        let mut res = res;
         *res.version_mut() = version;
+        let metrics = route.map_or(&self.unrouted, |r| &r.metrics);
         metrics.record(outcome, started.elapsed().as_secs_f64());
-        self.log(&logged, deployment, &res, outcome, uid.as_deref(), started);
+        self.log(
+            &logged,
+            route.map(|r| &*r.name),
+            &res,
+            outcome,
+            token.as_deref(),
+            started,
+        );
         res
     }
 
