@@ -21,7 +21,7 @@ use bentogate::auth::{self, Credentials};
 use bentogate::config::{Config, Policy};
 use bentogate::metrics::Metrics;
 use bentogate::store::FileSource;
-use bentogate::token::{self, Digest, OwnerKind, Scopes, Secret, Token};
+use bentogate::token::{self, Digest, Secret, Token};
 use bentogate::validator::{Validator, Verdict};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
@@ -37,20 +37,8 @@ fn ready<F: Future>(f: F) -> F::Output {
 
 fn record(digest: Digest) -> Token {
     Token {
-        uid: "u1".into(),
-        name: "bench".into(),
-        description: None,
-        digest,
-        kind: OwnerKind::Organization,
-        user: "admin".into(),
-        created_at: 0,
-        updated_at: 0,
-        expired_at: None,
-        last_used_at: None,
-        scopes: Scopes::default(),
         deployments: vec!["summarize".into()],
-        all_deployments: false,
-        monitoring: false,
+        ..Token::new("u1".into(), "bench".into(), digest, None, 0)
     }
 }
 

@@ -73,7 +73,7 @@ pub fn permits(policy: Policy, deployment: &str, token: &Token) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{Digest, OwnerKind, Scope, Scopes};
+    use crate::token::{Digest, Scope, Scopes};
     use http::HeaderValue;
 
     fn with(values: &[&'static str]) -> HeaderMap {
@@ -114,20 +114,9 @@ mod tests {
 
     fn token() -> Token {
         Token {
-            uid: "u".into(),
-            name: "n".into(),
-            description: None,
-            digest: Digest::of(b"x"),
-            kind: OwnerKind::Organization,
-            user: "ann".into(),
-            created_at: 0,
-            updated_at: 0,
-            expired_at: None,
-            last_used_at: None,
             scopes: Scopes::from_slice(&[Scope::ReadCluster]),
             deployments: vec!["a".into()],
-            all_deployments: false,
-            monitoring: false,
+            ..Token::new("u".into(), "n".into(), Digest::of(b"x"), None, 0)
         }
     }
 

@@ -315,7 +315,42 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// The creating user recorded for tokens made with the local CLI (which acts as the operator).
+pub const LOCAL_USER: &str = "admin";
+
 impl Token {
+    /// A record created `now` that grants nothing yet (callers add access with struct update
+    /// syntax). With `owner`, a personal token of that member; without, an organization token
+    /// created by [`LOCAL_USER`].
+    pub fn new(
+        uid: String,
+        name: String,
+        digest: Digest,
+        owner: Option<String>,
+        now: UnixSeconds,
+    ) -> Token {
+        let (kind, user) = match owner {
+            Some(u) => (OwnerKind::Personal, u),
+            None => (OwnerKind::Organization, LOCAL_USER.to_owned()),
+        };
+        Token {
+            uid,
+            name,
+            description: None,
+            digest,
+            kind,
+            user,
+            created_at: now,
+            updated_at: now,
+            expired_at: None,
+            last_used_at: None,
+            scopes: Scopes::default(),
+            deployments: Vec::new(),
+            all_deployments: false,
+            monitoring: false,
+        }
+    }
+
     /// True from the second the token expires.
     #[inline]
     pub fn is_expired(&self, now: UnixSeconds) -> bool {

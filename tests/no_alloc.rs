@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bentogate::config::Config;
 use bentogate::metrics::Metrics;
 use bentogate::store::FileSource;
-use bentogate::token::{OwnerKind, Scopes, Secret, Token};
+use bentogate::token::{Secret, Token};
 use bentogate::validator::{Validator, Verdict};
 
 struct Counting;
@@ -44,20 +44,8 @@ fn a_cache_hit_allocates_nothing() {
     let secret = Secret::generate().unwrap();
     bentogate::store::file::update(&file, |f| {
         f.tokens.push(Token {
-            uid: "u1".into(),
-            name: "n".into(),
-            description: None,
-            digest: secret.digest(),
-            kind: OwnerKind::Organization,
-            user: "admin".into(),
-            created_at: 0,
-            updated_at: 0,
-            expired_at: None,
-            last_used_at: None,
-            scopes: Scopes::default(),
             deployments: vec!["a".into()],
-            all_deployments: false,
-            monitoring: false,
+            ..Token::new("u1".into(), "n".into(), secret.digest(), None, 0)
         });
         Ok(())
     })

@@ -306,25 +306,14 @@ fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
         Secret::generate().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
     let uid =
         token::new_uid().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
-    let (kind, user) = match args.user {
-        Some(u) => (OwnerKind::Personal, u),
-        None => (OwnerKind::Organization, "admin".to_owned()),
-    };
     let record = Token {
-        uid,
-        name: args.name,
         description: args.description,
-        digest: secret.digest(),
-        kind,
-        user,
-        created_at: now,
-        updated_at: now,
         expired_at,
-        last_used_at: None,
         scopes,
         deployments: args.deployments,
         all_deployments: args.all_deployments,
         monitoring: args.monitoring,
+        ..Token::new(uid, args.name, secret.digest(), args.user, now)
     };
     let stored = record.clone();
     let usage = update(file, move |f| {
@@ -420,25 +409,14 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
             .map_err(|err| bad(None, format!("entry {i} ({}): expired_at: {err}", e.name)))?;
         let uid = token::new_uid()
             .map_err(|err| CliError::Io(format!("no randomness from the OS: {err}")))?;
-        let (kind, user) = match e.user {
-            Some(u) => (OwnerKind::Personal, u),
-            None => (OwnerKind::Organization, "admin".to_owned()),
-        };
         records.push(Token {
-            uid,
-            name: e.name,
             description: e.description,
-            digest,
-            kind,
-            user,
-            created_at: now,
-            updated_at: now,
             expired_at,
-            last_used_at: None,
             scopes: Scopes::from_slice(&e.scopes),
             deployments: e.deployments,
             all_deployments: e.all_deployments,
             monitoring: e.monitoring,
+            ..Token::new(uid, e.name, digest, e.user, now)
         });
     }
     Ok(update(file, move |f| {

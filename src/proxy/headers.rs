@@ -132,7 +132,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::token::{Digest, Scopes};
+    use crate::token::Digest;
     use std::path::Path;
 
     fn forwarding() -> ForwardingConfig {
@@ -142,21 +142,10 @@ mod tests {
     }
 
     fn token(kind: OwnerKind) -> Token {
+        let owner = (kind == OwnerKind::Personal).then(|| "ann".to_owned());
         Token {
-            uid: "uid1".into(),
-            name: "ci".into(),
-            description: None,
-            digest: Digest::of(b"x"),
-            kind,
-            user: "ann".into(),
-            created_at: 0,
-            updated_at: 0,
-            expired_at: None,
-            last_used_at: None,
-            scopes: Scopes::default(),
             deployments: vec!["a".into()],
-            all_deployments: false,
-            monitoring: false,
+            ..Token::new("uid1".into(), "ci".into(), Digest::of(b"x"), owner, 0)
         }
     }
 

@@ -202,24 +202,18 @@ fn push_lines<T: Serialize>(out: &mut String, items: &[T]) -> Result<(), serde_j
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::Scopes;
 
     fn token(uid: &str, kind: OwnerKind, user: &str) -> Token {
+        let owner = (kind == OwnerKind::Personal).then(|| user.to_owned());
         Token {
-            uid: uid.to_owned(),
-            name: uid.to_owned(),
-            description: None,
-            digest: Digest::of(uid.as_bytes()),
-            kind,
-            user: user.to_owned(),
-            created_at: 0,
-            updated_at: 0,
-            expired_at: None,
-            last_used_at: None,
-            scopes: Scopes::default(),
             deployments: vec!["a".to_owned()],
-            all_deployments: false,
-            monitoring: false,
+            ..Token::new(
+                uid.to_owned(),
+                uid.to_owned(),
+                Digest::of(uid.as_bytes()),
+                owner,
+                0,
+            )
         }
     }
 

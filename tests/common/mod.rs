@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bentogate::config::Config;
 use bentogate::server::Running;
 use bentogate::store::file::update;
-use bentogate::token::{Digest, OwnerKind, Scope, Scopes, Secret, Token};
+use bentogate::token::{Digest, Scope, Scopes, Secret, Token};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -235,25 +235,14 @@ pub fn add_token(file: &Path, grant: Grant) -> (String, String) {
 
 pub fn add_record(file: &Path, uid: &str, digest: Digest, grant: Grant) {
     let now = bentogate::clock::now();
+    let owner = grant.user.map(str::to_owned);
     let record = Token {
-        uid: uid.to_owned(),
-        name: format!("test-{uid}"),
-        description: None,
-        digest,
-        kind: if grant.user.is_some() {
-            OwnerKind::Personal
-        } else {
-            OwnerKind::Organization
-        },
-        user: grant.user.unwrap_or("admin").to_owned(),
-        created_at: now,
-        updated_at: now,
         expired_at: grant.expired_at,
-        last_used_at: None,
         scopes: Scopes::from_slice(&grant.scopes),
         deployments: grant.deployments.iter().map(|d| d.to_string()).collect(),
         all_deployments: grant.all,
         monitoring: grant.monitoring,
+        ..Token::new(uid.to_owned(), format!("test-{uid}"), digest, owner, now)
     };
     update(file, |f| {
         f.tokens.push(record);
