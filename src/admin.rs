@@ -93,3 +93,50 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::FileSource;
+
+    fn admin(draining: bool) -> (Admin, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(
+            "deployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: public }\n",
+            "t",
+            dir.path(),
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let source = Arc::new(FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
+        let validator = Arc::new(Validator::new(&config.tokens, source, metrics.clone()));
+        (
+            Admin::new(metrics, validator, Arc::new(AtomicBool::new(draining))),
+            dir,
+        )
+    }
+
+    fn get(admin: &Admin, path: &str) -> StatusCode {
+        let req = Request::get(path).body(()).unwrap();
+        block_on(admin.handle(req)).status()
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn readyz_is_503_while_draining() {
+        let (a, _dir) = admin(false);
+        assert_eq!(get(&a, "/readyz"), StatusCode::OK);
+        assert_eq!(get(&a, "/healthz"), StatusCode::OK);
+        assert_eq!(get(&a, "/nope"), StatusCode::NOT_FOUND);
+        let (a, _dir) = admin(true);
+        assert_eq!(get(&a, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(&a, "/healthz"), StatusCode::OK);
+    }
+}

@@ -25,6 +25,14 @@ pub enum Credentials<'a> {
 
 /// Reads the Authorization header. The scheme is case-insensitive; spaces around the value are
 /// allowed (1*SP after the scheme).
+///
+/// ```
+/// use bentogate::auth::{credentials, Credentials};
+/// let mut h = http::HeaderMap::new();
+/// assert_eq!(credentials(&h), Credentials::Absent);
+/// h.insert("authorization", "bearer abc".parse().unwrap());
+/// assert_eq!(credentials(&h), Credentials::Bearer(b"abc"));
+/// ```
 #[inline]
 pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
     let mut all = headers.get_all(AUTHORIZATION).iter();

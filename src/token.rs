@@ -81,6 +81,15 @@ pub enum Malformed {
 
 /// Checks a presented value's shape without any lookup: bentogate values by their checksum,
 /// foreign values (imported from BentoCloud or Yatai) by charset and length.
+///
+/// ```
+/// use bentogate::token::{check, Malformed, Secret};
+/// let issued = Secret::generate().unwrap();
+/// assert_eq!(check(issued.expose().as_bytes()), Ok(()));
+/// assert_eq!(check(b"bgt_typo"), Err(Malformed::BadChecksum));
+/// assert_eq!(check(b"cx1a2b3c4d5e6f7g8h9i"), Ok(())); // a 20-character BentoCloud value
+/// assert_eq!(check(b"<script>"), Err(Malformed::BadShape));
+/// ```
 #[inline]
 pub fn check(value: &[u8]) -> Result<(), Malformed> {
     if value.starts_with(PREFIX.as_bytes()) {
