@@ -91,6 +91,18 @@ fn bench(c: &mut Criterion) {
     g.bench_function("validator_hit", |b| {
         b.iter(|| ready(validator.validate(black_box(&value), 0)))
     });
+    let unknown = Secret::generate().unwrap().expose().as_bytes().to_vec();
+    assert!(matches!(
+        ready(validator.validate(&unknown, 0)),
+        Verdict::Unknown
+    ));
+    g.bench_function("validator_negative_hit", |b| {
+        b.iter(|| ready(validator.validate(black_box(&unknown), 0)))
+    });
+    let malformed = b"bgt_000000000000000000000000000000AAAAAA".to_vec();
+    g.bench_function("validator_malformed_reject", |b| {
+        b.iter(|| ready(validator.validate(black_box(&malformed), 0)))
+    });
     g.bench_function("whole_auth_path", |b| {
         b.iter(|| {
             let Credentials::Bearer(v) = auth::credentials(black_box(&headers)) else {
@@ -105,5 +117,54 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A validator hit with `n` tokens in the file and in the cache: latency must stay flat.
+fn scaling(c: &mut Criterion) {
+    let mut g = c.benchmark_group("validator_hit_with_tokens");
+    g.sample_size(30);
+    for n in [10usize, 100_000, 1_000_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.yaml");
+        let secrets: Vec<Secret> = (0..n).map(|_| Secret::generate().unwrap()).collect();
+        let tokens = bentogate::store::TokenFile {
+            tokens: secrets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Token {
+                    uid: format!("u{i}"),
+                    ..record(s.digest())
+                })
+                .collect(),
+            ..Default::default()
+        };
+        std::fs::write(&file, tokens.to_text().unwrap()).unwrap();
+        drop(tokens);
+        let config = Config::parse(
+            &format!("tokens: {{cache: {{capacity: {n}}}}}\ndeployments:\n  - {{ name: summarize, upstream: \"http://127.0.0.1:1\", policy: protected }}\n"),
+            "bench",
+            dir.path(),
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let source = Arc::new(FileSource::open(&file, metrics.clone()).unwrap());
+        let validator = Validator::new(&config.tokens, source, metrics);
+        for s in &secrets {
+            ready(validator.validate(s.expose().as_bytes(), 0));
+        }
+        validator.cached_entries();
+        // Rotate over 1,024 tokens spread through the set, so no single entry stays hot.
+        let sample: Vec<&[u8]> = (0..1024)
+            .map(|i| secrets[i * n / 1024 % n].expose().as_bytes())
+            .collect();
+        let mut i = 0;
+        g.bench_function(format!("{n}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % sample.len();
+                ready(validator.validate(black_box(sample[i]), 0))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, scaling);
 criterion_main!(benches);
