@@ -2,6 +2,7 @@
 # Side-by-side load test: bentogate vs nginx vs HAProxy doing the same Bearer check and forwarding.
 #
 #   bench/compare.sh            # DURATION=10s CONNECTIONS=50 TOKENS=10000 RUNS=1 by default
+#   RUNS=3 bench/compare.sh     # three runs of each; the table shows medians and the CPU spread
 #
 # Installs wrk, nginx and HAProxy from Debian's packages if missing, builds bentogate in release,
 # starts one fast upstream (nginx returning 200), generates the token set for two deployments
@@ -19,6 +20,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 COUNT=${TOKENS:-10000}
 RUNS=${RUNS:-1}
+PROXIES=${PROXIES:-nginx haproxy bentogate}   # a subset, e.g. PROXIES=bentogate, while iterating
 UP=18081 NGINX=18080 HAPROXY=18082 GATE=18083 GATE_ADMIN=18093
 CPU_PROXY=0 CPU_LOAD=1
 
@@ -133,7 +135,7 @@ VALID=$(head -1 "$OUT/valid-alpha.txt") UNKNOWN=$(cat "$OUT/unknown.txt") WRONG=
 declare -A PORT=([nginx]=$NGINX [haproxy]=$HAPROXY [bentogate]=$GATE)
 RESULTS=$OUT/raw.tsv
 : > "$RESULTS"
-for proxy in nginx haproxy bentogate; do
+for proxy in $PROXIES; do
   "start_$proxy"
   port=${PORT[$proxy]}
   # Every contender must give the same answers before it is measured.

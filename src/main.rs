@@ -89,9 +89,13 @@ fn init_tracing(config: &Config) {
 
 fn serve(config: Config) -> ExitCode {
     init_tracing(&config);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, with no work-stealing or cross-thread wake-ups.
+    let mut runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if config.worker_threads > 0 {
+    if config.worker_threads > 1 {
         runtime.worker_threads(config.worker_threads);
     }
     let result = runtime
