@@ -3,7 +3,8 @@
 //! Owns the decision "is this value a live token, and which". In order: shape and checksum
 //! (malformed values never reach the cache), SHA-256 digest, cache lookup, source lookup on a miss
 //! (concurrent misses of one digest share one lookup), then expiry against the clock. A hit costs
-//! no I/O, no lock shared by all cores and no allocation (a test counts allocations).
+//! no I/O, no lock shared by all cores and no allocation (a test counts allocations; moka's own
+//! housekeeping, which it runs inline every 64 reads, allocates now and then).
 //!
 //! Freshness: every entry carries the source generation it was read under; an entry from an older
 //! generation is a miss, so a revocation is seen as soon as the source has reloaded. Positive
@@ -110,7 +111,8 @@ impl Validator {
         }
     }
 
-    /// Judges a presented value at time `now`.
+    /// Judges a presented value at time `now`. Async because remote sources will await their
+    /// lookups on a miss; with the file source it never waits.
     pub async fn validate(&self, value: &[u8], now: UnixSeconds) -> Verdict {
         if token::check(value).is_err() {
             return Verdict::Malformed;
