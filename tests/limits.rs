@@ -78,15 +78,7 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         deployment("a", u.addr, "public", "")
     ))
     .await;
-    let mut first = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    first
-        .write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(3), || async {
-        !u.seen.lock().unwrap().is_empty()
-    })
-    .await;
+    let first = hanging_request(g.addr, &u).await;
 
     let mut second = tokio::net::TcpStream::connect(g.addr).await.unwrap();
     second

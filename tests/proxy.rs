@@ -536,16 +536,7 @@ async fn a_client_that_leaves_cancels_the_upstream_request() {
         deployment("a", u.addr, "public", "")
     ))
     .await;
-    let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    use tokio::io::AsyncWriteExt;
-    stream
-        .write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(3), || async {
-        !u.seen.lock().unwrap().is_empty()
-    })
-    .await;
+    let stream = hanging_request(g.addr, &u).await;
     assert_eq!(u.cancelled.load(std::sync::atomic::Ordering::SeqCst), 0);
     drop(stream);
     eventually(Duration::from_secs(3), || async {

@@ -367,3 +367,19 @@ pub async fn until_status(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Opens a raw connection that sends `GET /hang` and returns once the upstream holds it.
+pub async fn hanging_request(gate: SocketAddr, upstream: &Upstream) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let before = upstream.seen.lock().unwrap().len();
+    let mut stream = tokio::net::TcpStream::connect(gate).await.unwrap();
+    stream
+        .write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(3), || async {
+        upstream.seen.lock().unwrap().len() > before
+    })
+    .await;
+    stream
+}
