@@ -24,7 +24,8 @@ use http::header::HOST;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 
 use crate::auth::{self, Credentials};
 use crate::clock;
@@ -40,10 +41,12 @@ use upstream::{UpstreamBody, UpstreamClient};
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// The data plane: everything a request needs, immutable and shared by all connections.
-pub struct Gateway {
+/// Generic over the upstream connector and the request body only so that benches can run it in
+/// memory; the server uses the defaults (TCP, hyper's `Incoming`).
+pub struct Gateway<C = HttpConnector, B = Incoming> {
     routes: RouteTable,
     validator: Arc<Validator>,
-    client: UpstreamClient,
+    client: UpstreamClient<C, B>,
     forwarding: ForwardingConfig,
     max_header_bytes: usize,
     unrouted: RouteMetrics,
@@ -57,12 +60,34 @@ struct Admitted<'a> {
 }
 
 impl Gateway {
-    /// Builds the gateway for a configuration around a shared validator.
+    /// Builds the gateway for a configuration around a shared validator, forwarding over TCP.
     pub fn new(config: &Config, validator: Arc<Validator>, metrics: &Metrics) -> Gateway {
+        Gateway::with_client(
+            config,
+            validator,
+            metrics,
+            UpstreamClient::new(&config.forwarding),
+        )
+    }
+}
+
+impl<C, B> Gateway<C, B>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Builds the gateway with a given upstream client.
+    pub fn with_client(
+        config: &Config,
+        validator: Arc<Validator>,
+        metrics: &Metrics,
+        client: UpstreamClient<C, B>,
+    ) -> Self {
         Gateway {
             routes: RouteTable::new(&config.deployments, metrics),
             validator,
-            client: UpstreamClient::new(&config.forwarding),
+            client,
             forwarding: config.forwarding.clone(),
             max_header_bytes: config.limits.max_header_bytes,
             unrouted: metrics.for_route(""),
@@ -71,7 +96,7 @@ impl Gateway {
     }
 
     /// Serves one request from `client`.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<B>, client: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let logged = self
             .access_log
@@ -194,7 +219,7 @@ impl Gateway {
         &self,
         route: &Route,
         mut parts: Parts,
-        body: Incoming,
+        body: B,
         client: SocketAddr,
         token: Option<&Token>,
     ) -> Result<Response<UpstreamBody>, Reject> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
@@ -26,19 +26,32 @@ use crate::config::{ForwardingConfig, UpstreamProtocol};
 /// Idle connections kept per upstream host and pool.
 const MAX_IDLE_PER_HOST: usize = 256;
 
-/// Pools of upstream connections, shared by all requests.
-pub struct UpstreamClient {
-    http1: Client<HttpConnector, Incoming>,
-    h2: Client<HttpConnector, Incoming>,
+/// Pools of upstream connections, shared by all requests. Generic over the connector and the
+/// request body so benches can run the whole pipeline in memory; the server uses the defaults.
+pub struct UpstreamClient<C = HttpConnector, B = Incoming> {
+    http1: Client<C, B>,
+    h2: Client<C, B>,
 }
 
 impl UpstreamClient {
-    /// Builds both pools with the configured timeouts.
+    /// Builds both pools over TCP with the configured timeouts.
     pub fn new(config: &ForwardingConfig) -> UpstreamClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        UpstreamClient::with_connector(config, connector)
+    }
+}
+
+impl<C, B> UpstreamClient<C, B>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    /// Builds both pools over `connector`.
+    pub fn with_connector(config: &ForwardingConfig, connector: C) -> Self {
         let build = |h2_only: bool| {
             Client::builder(TokioExecutor::new())
                 .pool_timer(TokioTimer::new())
@@ -55,7 +68,7 @@ impl UpstreamClient {
     }
 
     /// The pool for a protocol.
-    pub fn pool(&self, protocol: UpstreamProtocol) -> &Client<HttpConnector, Incoming> {
+    pub fn pool(&self, protocol: UpstreamProtocol) -> &Client<C, B> {
         match protocol {
             UpstreamProtocol::Http1 => &self.http1,
             UpstreamProtocol::H2 => &self.h2,
