@@ -3,16 +3,16 @@
 //! Run: `cargo bench --bench auth_hot_path`
 //!
 //! Last result (2026-11-28, the project's 2-core shared VM, release; medians; BENCHMARKS.md has all):
-//!   auth/bare_hashmap_lookup   36-40 ns   HashMap<[u8; 32], Arc<Token>> get + Arc clone: the floor
-//!   auth/bearer_parse          18-22 ns
-//!   auth/format_and_checksum   58-61 ns
-//!   auth/sha256_digest         82-84 ns
-//!   auth/validator_hit         300-333 ns check + digest + moka get
-//!   auth/validator_negative_hit      329 ns
-//!   auth/validator_malformed_reject   56 ns
-//!   auth/whole_auth_path       371 ns     parse + validator hit + policy
-//!   validator_hit_with_tokens  10: 355 ns, 100,000: 815 ns, 1,000,000: 1.46 us
-//!     beside bare_hashmap_N    10: 43 ns,  100,000: 105 ns, 1,000,000: 196 ns
+//!   auth/bare_hashmap_lookup   41 ns      HashMap<[u8; 32], Arc<Token>> get + Arc clone: the floor
+//!   auth/bearer_parse          22 ns
+//!   auth/format_and_checksum   54 ns
+//!   auth/sha256_digest         85 ns
+//!   auth/validator_hit         308 ns     check + digest + moka get
+//!   auth/validator_negative_hit      323 ns
+//!   auth/validator_malformed_reject   64 ns
+//!   auth/whole_auth_path       330 ns     parse + validator hit + policy
+//!   validator_hit_with_tokens  10: 292 ns, 100,000: 575 ns, 1,000,000: 1.08 us
+//!     beside bare_hashmap_N    10: 40 ns,  100,000: 116 ns, 1,000,000: 180 ns
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::HashMap;

@@ -7,17 +7,17 @@
 //! housekeeping, which it runs inline every 64 reads, allocates now and then).
 //!
 //! Freshness: every entry carries the source generation it was read under; an entry from an older
-//! generation is a miss, so a revocation is seen as soon as the source has reloaded. Positive
-//! entries live at most the cache TTL and never past their token's expiry; unknown digests are
-//! cached for the negative TTL.
+//! generation is a miss, so a revocation is seen as soon as the source has reloaded. Entries live
+//! at most the cache TTL (one cache-wide TTL: moka's per-entry expiry costs a fifth of a hit); an
+//! unknown digest's entry is stale after the negative TTL, checked on the hit; a token past its
+//! expiry is refused on every request whatever the cache holds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
-use moka::Expiry;
 
-use crate::clock::{self, UnixSeconds};
+use crate::clock::UnixSeconds;
 use crate::config::TokensConfig;
 use crate::metrics::Metrics;
 use crate::store::FileSource;
@@ -40,54 +40,22 @@ pub enum Verdict {
 struct Entry {
     token: Option<Arc<Token>>,
     generation: u64,
+    /// For an unknown digest, when the negative answer stops counting.
+    stale_after: Option<Instant>,
 }
 
-struct EntryExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl EntryExpiry {
-    fn life(&self, value: &Entry) -> Duration {
-        match &value.token {
-            None => self.negative_ttl,
-            Some(t) => match t.expired_at {
-                Some(at) => {
-                    let left = u64::try_from(at.saturating_sub(clock::now())).unwrap_or(0);
-                    self.ttl.min(Duration::from_secs(left))
-                }
-                None => self.ttl,
-            },
-        }
-    }
-}
-
-impl Expiry<Digest, Entry> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Digest,
-        value: &Entry,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(self.life(value))
-    }
-
-    /// A refreshed entry (a newer generation replacing an older one) gets its own life; moka's
-    /// default would keep the old entry's, e.g. a negative entry's 5 s for a positive one.
-    fn expire_after_update(
-        &self,
-        _key: &Digest,
-        value: &Entry,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.life(value))
+impl Entry {
+    /// True while the entry may answer for the source at `generation`.
+    #[inline]
+    fn is_fresh(&self, generation: u64) -> bool {
+        self.generation == generation && self.stale_after.is_none_or(|at| Instant::now() < at)
     }
 }
 
 /// The cached validator shared by every request.
 pub struct Validator {
     cache: Cache<Digest, Entry, foldhash::fast::RandomState>,
+    negative_ttl: Duration,
     source: Arc<FileSource>,
     metrics: Arc<Metrics>,
 }
@@ -97,15 +65,13 @@ impl Validator {
     pub fn new(config: &TokensConfig, source: Arc<FileSource>, metrics: Arc<Metrics>) -> Validator {
         let cache = Cache::builder()
             .max_capacity(config.cache_capacity)
-            .expire_after(EntryExpiry {
-                ttl: config.cache_ttl,
-                negative_ttl: config.negative_ttl,
-            })
+            .time_to_live(config.cache_ttl)
             // Keys are SHA-256 outputs: a fast seeded hash suffices, and SipHash would cost more
             // than the lookup itself.
             .build_with_hasher(foldhash::fast::RandomState::default());
         Validator {
             cache,
+            negative_ttl: config.negative_ttl,
             source,
             metrics,
         }
@@ -120,7 +86,7 @@ impl Validator {
         let digest = Digest::of(value);
         let generation = self.source.generation();
         let entry = match self.cache.get(&digest) {
-            Some(e) if e.generation == generation => {
+            Some(e) if e.is_fresh(generation) => {
                 self.metrics.cache_hits.inc();
                 e
             }
@@ -128,18 +94,23 @@ impl Validator {
                 self.metrics.cache_misses.inc();
                 let source = &self.source;
                 let metrics = &self.metrics;
+                let negative_ttl = self.negative_ttl;
                 // Concurrent misses of one digest wait for this one lookup (moka coalesces).
                 self.cache
                     .entry(digest)
                     .or_insert_with_if(
                         || {
                             metrics.source_lookups.inc();
+                            let token = source.lookup(&digest);
+                            let stale_after =
+                                token.is_none().then(|| Instant::now() + negative_ttl);
                             Entry {
-                                token: source.lookup(&digest),
+                                token,
                                 generation,
+                                stale_after,
                             }
                         },
-                        |old| old.generation != generation,
+                        |old| !old.is_fresh(generation),
                     )
                     .into_value()
             }

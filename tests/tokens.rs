@@ -455,3 +455,51 @@ fn the_cache_is_bounded_and_unknown_tokens_are_cached_negatively() {
     let entries = validator.cached_entries();
     assert!(entries <= 16, "{entries} entries in a cache bounded at 16");
 }
+
+#[test]
+fn a_negative_answer_is_looked_up_again_after_the_negative_ttl() {
+    use bentogate::validator::{Validator, Verdict};
+    let dir = tempfile::tempdir().unwrap();
+    let config = bentogate::config::Config::parse(
+        "tokens: {cache: {ttl: 60s, negative_ttl: 100ms}}\ndeployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: protected }\n",
+        "t",
+        dir.path(),
+    )
+    .unwrap();
+    let metrics = Arc::new(bentogate::metrics::Metrics::new().unwrap());
+    let source =
+        Arc::new(bentogate::store::FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
+    let validator = Validator::new(&config.tokens, source, metrics.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let unknown = bentogate::token::Secret::generate().unwrap();
+    let start = Instant::now();
+    rt.block_on(async {
+        assert!(matches!(
+            validator.validate(unknown.expose().as_bytes(), 0).await,
+            Verdict::Unknown
+        ));
+        assert!(matches!(
+            validator.validate(unknown.expose().as_bytes(), 0).await,
+            Verdict::Unknown
+        ));
+        assert_eq!(metrics.source_lookups.get(), 1);
+        // Poll until the negative entry goes stale; it must not before 100 ms, and must soon after.
+        while metrics.source_lookups.get() == 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "the negative entry never went stale"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            validator.validate(unknown.expose().as_bytes(), 0).await;
+        }
+    });
+    assert!(
+        start.elapsed() >= Duration::from_millis(100),
+        "stale after {:?}",
+        start.elapsed()
+    );
+    assert_eq!(metrics.source_lookups.get(), 2);
+}
