@@ -418,18 +418,8 @@ fn a_hundred_thousand_tokens_import_in_one_run() {
 
 #[test]
 fn the_cache_is_bounded_and_unknown_tokens_are_cached_negatively() {
-    use bentogate::validator::{Validator, Verdict};
-    let dir = tempfile::tempdir().unwrap();
-    let config = bentogate::config::Config::parse(
-        "tokens: {cache: {capacity: 16, negative_ttl: 30s}}\ndeployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: protected }\n",
-        "t",
-        dir.path(),
-    )
-    .unwrap();
-    let metrics = Arc::new(bentogate::metrics::Metrics::new().unwrap());
-    let source =
-        Arc::new(bentogate::store::FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
-    let validator = Validator::new(&config.tokens, source, metrics.clone());
+    use bentogate::validator::Verdict;
+    let (validator, metrics, _dir) = validator_with("{capacity: 16, negative_ttl: 30s}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -458,18 +448,8 @@ fn the_cache_is_bounded_and_unknown_tokens_are_cached_negatively() {
 
 #[test]
 fn a_negative_answer_is_looked_up_again_after_the_negative_ttl() {
-    use bentogate::validator::{Validator, Verdict};
-    let dir = tempfile::tempdir().unwrap();
-    let config = bentogate::config::Config::parse(
-        "tokens: {cache: {ttl: 60s, negative_ttl: 100ms}}\ndeployments:\n  - { name: a, upstream: \"http://127.0.0.1:1\", policy: protected }\n",
-        "t",
-        dir.path(),
-    )
-    .unwrap();
-    let metrics = Arc::new(bentogate::metrics::Metrics::new().unwrap());
-    let source =
-        Arc::new(bentogate::store::FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
-    let validator = Validator::new(&config.tokens, source, metrics.clone());
+    use bentogate::validator::Verdict;
+    let (validator, metrics, _dir) = validator_with("{ttl: 60s, negative_ttl: 100ms}");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -502,4 +482,26 @@ fn a_negative_answer_is_looked_up_again_after_the_negative_ttl() {
         start.elapsed()
     );
     assert_eq!(metrics.source_lookups.get(), 2);
+}
+
+/// A validator over an empty token file with the given `tokens.cache` settings.
+fn validator_with(
+    cache: &str,
+) -> (
+    bentogate::validator::Validator,
+    Arc<bentogate::metrics::Metrics>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bentogate::config::Config::parse(
+        &format!("tokens: {{cache: {cache}}}\ndeployments:\n  - {{ name: a, upstream: \"http://127.0.0.1:1\", policy: protected }}\n"),
+        "t",
+        dir.path(),
+    )
+    .unwrap();
+    let metrics = Arc::new(bentogate::metrics::Metrics::new().unwrap());
+    let source =
+        Arc::new(bentogate::store::FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
+    let validator = bentogate::validator::Validator::new(&config.tokens, source, metrics.clone());
+    (validator, metrics, dir)
 }
