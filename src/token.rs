@@ -6,6 +6,9 @@
 //! [`Secret::expose`], which the creation path alone calls.
 
 use std::fmt;
+use std::sync::OnceLock;
+
+use http::HeaderValue;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -318,6 +321,20 @@ pub struct Token {
     /// May read metrics (routes with the `monitoring` policy).
     #[serde(default, skip_serializing_if = "is_false")]
     pub monitoring: bool,
+    /// Identity header values, built on first use so forwarding copies no string per request.
+    #[serde(skip)]
+    pub identity: OnceLock<IdentityValues>,
+}
+
+/// The values of the identity headers that name a token to the upstream (never its value).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IdentityValues {
+    /// The token's uid.
+    pub uid: Option<HeaderValue>,
+    /// The token's name; none when it is not a valid header value.
+    pub name: Option<HeaderValue>,
+    /// `organization`, or the owning user's name.
+    pub owner: Option<HeaderValue>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -357,7 +374,20 @@ impl Token {
             deployments: Vec::new(),
             all_deployments: false,
             monitoring: false,
+            identity: OnceLock::new(),
         }
+    }
+
+    /// The identity header values, built once per record and then shared by every request.
+    pub fn identity(&self) -> &IdentityValues {
+        self.identity.get_or_init(|| IdentityValues {
+            uid: HeaderValue::from_str(&self.uid).ok(),
+            name: HeaderValue::from_str(&self.name).ok(),
+            owner: match self.kind {
+                OwnerKind::Organization => Some(HeaderValue::from_static("organization")),
+                OwnerKind::Personal => HeaderValue::from_str(&self.user).ok(),
+            },
+        })
     }
 
     /// True from the second the token expires.

@@ -11,12 +11,11 @@ use http::header::{AUTHORIZATION, CONNECTION, TE, VIA};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
 use crate::config::{is_hop_by_hop, ForwardingConfig};
-use crate::token::{OwnerKind, Token};
+use crate::token::Token;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const ORGANIZATION: HeaderValue = HeaderValue::from_static("organization");
 const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// The `Via` entry this proxy adds, by the protocol version it received.
@@ -84,20 +83,14 @@ pub fn rewrite_request(
         headers.remove(name);
     }
     if let Some(t) = token {
-        let identity = &config.identity;
-        if let (Some(name), Ok(v)) = (&identity.token_uid, HeaderValue::from_str(&t.uid)) {
-            headers.insert(name.clone(), v);
-        }
-        if let (Some(name), Ok(v)) = (&identity.token_name, HeaderValue::from_str(&t.name)) {
-            headers.insert(name.clone(), v);
-        }
-        if let Some(name) = &identity.token_owner {
-            let owner = match t.kind {
-                OwnerKind::Organization => Ok(ORGANIZATION),
-                OwnerKind::Personal => HeaderValue::from_str(&t.user),
-            };
-            if let Ok(v) = owner {
-                headers.insert(name.clone(), v);
+        let (names, values) = (&config.identity, t.identity());
+        for (name, value) in [
+            (&names.token_uid, &values.uid),
+            (&names.token_name, &values.name),
+            (&names.token_owner, &values.owner),
+        ] {
+            if let (Some(name), Some(value)) = (name, value) {
+                headers.insert(name.clone(), value.clone());
             }
         }
     }
@@ -132,7 +125,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::token::Digest;
+    use crate::token::{Digest, OwnerKind};
     use std::path::Path;
 
     fn forwarding() -> ForwardingConfig {
