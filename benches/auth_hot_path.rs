@@ -46,6 +46,19 @@ fn record(digest: Digest) -> Token {
     }
 }
 
+/// A validator with cache `capacity` over the token file `dir/tokens.yaml`.
+fn validator_over(dir: &std::path::Path, capacity: usize) -> Validator {
+    let config = Config::parse(
+        &format!("tokens: {{cache: {{capacity: {capacity}}}}}\ndeployments:\n  - {{ name: summarize, upstream: \"http://127.0.0.1:1\", policy: protected }}\n"),
+        "bench",
+        dir,
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let source = Arc::new(FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
+    Validator::new(&config.tokens, source, metrics)
+}
+
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.yaml");
@@ -55,15 +68,7 @@ fn bench(c: &mut Criterion) {
         Ok(())
     })
     .unwrap();
-    let config = Config::parse(
-        "deployments:\n  - { name: summarize, upstream: \"http://127.0.0.1:1\", policy: protected }\n",
-        "bench",
-        dir.path(),
-    )
-    .unwrap();
-    let metrics = Arc::new(Metrics::new().unwrap());
-    let source = Arc::new(FileSource::open(&file, metrics.clone()).unwrap());
-    let validator = Validator::new(&config.tokens, source, metrics);
+    let validator = validator_over(dir.path(), 100_000);
     let value = secret.expose().as_bytes().to_vec();
     assert!(matches!(
         ready(validator.validate(&value, 0)),
@@ -142,15 +147,7 @@ fn scaling(c: &mut Criterion) {
         };
         std::fs::write(&file, tokens.to_text().unwrap()).unwrap();
         drop(tokens);
-        let config = Config::parse(
-            &format!("tokens: {{cache: {{capacity: {n}}}}}\ndeployments:\n  - {{ name: summarize, upstream: \"http://127.0.0.1:1\", policy: protected }}\n"),
-            "bench",
-            dir.path(),
-        )
-        .unwrap();
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let source = Arc::new(FileSource::open(&file, metrics.clone()).unwrap());
-        let validator = Validator::new(&config.tokens, source, metrics);
+        let validator = validator_over(dir.path(), n);
         for s in &secrets {
             ready(validator.validate(s.expose().as_bytes(), 0));
         }
