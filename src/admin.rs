@@ -1,6 +1,8 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the control plane's paths
+//! (`/api/v1/...`, `/v1/introspect`), which it hands to [`crate::control`].
 //!
-//! Owns what operators and the kubelet poll. `/healthz` answers while the process serves;
+//! Owns what operators and the kubelet poll, and reading request bodies (at most
+//! [`MAX_BODY_BYTES`]). `/healthz` answers while the process serves;
 //! `/readyz` answers 200 while serving (with the token file's state: a rejected file keeps the
 //! last good set and says so here) and 503 while draining; `/metrics` is Prometheus text.
 
@@ -10,26 +12,38 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 
+use crate::control::api::Api;
+use crate::control::introspect::Introspection;
+use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::validator::Validator;
 
-/// State the admin endpoints report on.
+/// Largest control-plane request body read; a token create is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// State the admin endpoints report on, and the control plane behind them.
 pub struct Admin {
     metrics: Arc<Metrics>,
     validator: Arc<Validator>,
     draining: Arc<AtomicBool>,
+    api: Api,
+    introspection: Introspection,
 }
 
 impl Admin {
     /// Reports on these parts of a running server.
+    /// `store` is the writable token store behind the control-plane API, if this gateway has one.
     pub fn new(
         metrics: Arc<Metrics>,
         validator: Arc<Validator>,
+        store: Option<Arc<Store>>,
         draining: Arc<AtomicBool>,
     ) -> Admin {
         Admin {
+            api: Api::new(Arc::clone(&validator), store),
+            introspection: Introspection::new(Arc::clone(&validator)),
             metrics,
             validator,
             draining,
@@ -37,7 +51,15 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        if path.starts_with("/api/v1/") || path == "/v1/introspect" {
+            return self.control(req).await;
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -63,6 +85,48 @@ impl Admin {
                 r#"{"error":"unknown admin path; try /healthz, /readyz or /metrics"}"#.into(),
             ),
         }
+    }
+
+    async fn control<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let status = if e.is::<http_body_util::LengthLimitError>() {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return json(
+                    status,
+                    serde_json::json!({ "error": format!("reading the body: {e}") }).to_string(),
+                );
+            }
+        };
+        let (status, value) = if parts.uri.path() == "/v1/introspect" {
+            if parts.method != Method::POST {
+                return json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    r#"{"error":"use POST with a form body token=..."}"#.into(),
+                );
+            }
+            self.introspection.handle(&parts.headers, body).await
+        } else {
+            self.api
+                .handle(
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    &parts.headers,
+                    body,
+                )
+                .await
+        };
+        json(status, value.to_string())
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {
@@ -112,13 +176,20 @@ mod tests {
         let source = Arc::new(FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
         let validator = Arc::new(Validator::new(&config.tokens, source, metrics.clone()));
         (
-            Admin::new(metrics, validator, Arc::new(AtomicBool::new(draining))),
+            Admin::new(
+                metrics,
+                validator,
+                None,
+                Arc::new(AtomicBool::new(draining)),
+            ),
             dir,
         )
     }
 
     fn get(admin: &Admin, path: &str) -> StatusCode {
-        let req = Request::get(path).body(()).unwrap();
+        let req = Request::get(path)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
         block_on(admin.handle(req)).status()
     }
 

@@ -27,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

@@ -21,6 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::control::Store;
 use crate::config::{Config, Limits};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -109,9 +110,11 @@ impl App {
         ));
         let gateway = Arc::new(Gateway::new(&config, Arc::clone(&validator), &metrics));
         let draining = Arc::new(AtomicBool::new(false));
+        let store = Arc::new(Store::new(Arc::clone(&source)));
         let admin = Arc::new(Admin::new(
             Arc::clone(&metrics),
             validator,
+            Some(store),
             Arc::clone(&draining),
         ));
         Ok(App {

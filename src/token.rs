@@ -6,6 +6,7 @@
 //! [`Secret::expose`], which the creation path alone calls.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 
 use http::HeaderValue;
@@ -250,6 +251,32 @@ impl Scopes {
         self.0 == 0
     }
 
+    /// True when `scope` is in the set.
+    #[inline]
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & (1 << scope as u8) != 0
+    }
+
+    /// True when every scope of `self` is in `other` (a new token may not outrank its maker).
+    pub fn is_subset_of(self, other: Scopes) -> bool {
+        other.contains_all(self)
+    }
+
+    /// Reads wire names (`api`, `read_cluster`, ...), naming the first unknown one.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut out = Scopes::default();
+        for name in names {
+            let s = Scope::ALL
+                .into_iter()
+                .find(|s| s.as_str() == name)
+                .ok_or_else(|| {
+                    format!("unknown scope `{name}`; use api, read_organization, write_organization, read_cluster or write_cluster")
+                })?;
+            out.0 |= 1 << s as u8;
+        }
+        Ok(out)
+    }
+
     /// The scopes in listing order.
     pub fn iter(self) -> impl Iterator<Item = Scope> {
         Scope::ALL
@@ -324,6 +351,43 @@ pub struct Token {
     /// Identity header values, built on first use so forwarding copies no string per request.
     #[serde(skip)]
     pub identity: OnceLock<IdentityValues>,
+    /// When the data plane last let it through, not yet written to the source.
+    #[serde(skip)]
+    pub used: LastUsed,
+}
+
+/// The data plane's in-memory record of a token's last use: one relaxed atomic per record, so
+/// recording a use takes no lock and allocates nothing; a flusher writes them out in batches.
+#[derive(Debug, Default)]
+pub struct LastUsed(AtomicI64);
+
+impl LastUsed {
+    /// The last recorded use, 0 if none.
+    pub fn get(&self) -> UnixSeconds {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Records a use at `now`, keeping the later of the two.
+    pub fn record(&self, now: UnixSeconds) {
+        // A load first: under load the value is already `now`, and a store per request would
+        // bounce the cache line between cores.
+        if self.0.load(Ordering::Relaxed) < now {
+            self.0.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Clone for LastUsed {
+    fn clone(&self) -> Self {
+        LastUsed(AtomicI64::new(self.get()))
+    }
+}
+
+impl PartialEq for LastUsed {
+    /// Usage is bookkeeping, not identity: two records differ only by what the source holds.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The values of the identity headers that name a token to the upstream (never its value).
@@ -375,6 +439,23 @@ impl Token {
             all_deployments: false,
             monitoring: false,
             identity: OnceLock::new(),
+            used: LastUsed::default(),
+        }
+    }
+
+    /// Records that the data plane let this token through at `now` (flushed in batches).
+    #[inline]
+    pub fn mark_used(&self, now: UnixSeconds) {
+        self.used.record(now);
+    }
+
+    /// The last use known here: the flushed `last_used_at` or a newer unflushed one.
+    pub fn last_used(&self) -> Option<UnixSeconds> {
+        let pending = self.used.get();
+        match self.last_used_at {
+            Some(at) if at >= pending => Some(at),
+            _ if pending > 0 => Some(pending),
+            other => other,
         }
     }
 

@@ -1,0 +1,468 @@
+//! The BentoCloud-compatible token API on the admin listener (`/api/v1/...`).
+//!
+//! Owns the wire: paths, query and body parsing, and the JSON shapes the `bentoml` client's
+//! schemas require (ApiTokenSchema, ApiTokenListSchema, UserSchema, OrganizationSchema; see
+//! `bentoml/_internal/cloud/schemas/schemasv1.py`). Success is always 200, which the client
+//! demands, delete included. The caller's token comes in `X-YATAI-API-TOKEN` or
+//! `Authorization: Bearer`. Every change and every refused authorization writes one audit line
+//! (target `bentogate::audit`): who, what, which uid; never a value.
+//!
+//! Members are managed through extension paths the client does not know (`/api/v1/members`),
+//! used by `bentogate member ... --endpoint`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Caller, ControlError, MemberChange, NewToken, Store};
+use crate::clock::{self, UnixSeconds};
+use crate::store::{Member, TokenFile};
+use crate::token::{OwnerKind, Scopes, Token};
+use crate::validator::{Validator, Verdict};
+
+/// The header the bentoml client puts its token in.
+pub const TOKEN_HEADER: &str = "x-yatai-api-token";
+/// Largest list page served at once.
+const MAX_PAGE: usize = 1000;
+
+/// An API answer: status and JSON body.
+pub type Answer = (StatusCode, Value);
+
+/// The token API over a writable store, or the refusal of a gateway that holds none.
+pub struct Api {
+    validator: Arc<Validator>,
+    store: Option<Arc<Store>>,
+}
+
+impl Api {
+    /// The API for this gateway; without a store (the `introspect` source) every path answers
+    /// 503 with where tokens are managed instead.
+    pub fn new(validator: Arc<Validator>, store: Option<Arc<Store>>) -> Api {
+        Api { validator, store }
+    }
+
+    /// Serves one `/api/v1/...` request.
+    pub async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Answer {
+        match self.serve(method, path, query, headers, body).await {
+            Ok(answer) => answer,
+            Err(e) => (e.status(), json!({ "error": e.to_string() })),
+        }
+    }
+
+    async fn serve(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Answer, ControlError> {
+        let Some(store) = self.store.clone() else {
+            return Err(ControlError::Unavailable(
+                "this bentogate holds no token store (tokens.source: introspect); manage tokens on its control plane".into(),
+            ));
+        };
+        let caller = self.authenticate(&store, method, path, headers).await?;
+        let route: Vec<&str> = path
+            .trim_start_matches("/api/v1/")
+            .trim_end_matches('/')
+            .split('/')
+            .collect();
+        let blocking = |f: Box<dyn FnOnce(&Store) -> Result<Answer, ControlError> + Send>| {
+            let store = Arc::clone(&store);
+            async move {
+                tokio::task::spawn_blocking(move || f(&store))
+                    .await
+                    .map_err(|_| ControlError::Unavailable("the store task failed".into()))?
+            }
+        };
+        match (method.clone(), route.as_slice()) {
+            (Method::GET, ["auth", "current"]) => {
+                let c = caller.clone();
+                blocking(Box::new(move |s| Ok((StatusCode::OK, user_json(&c, &s.read()?))))).await
+            }
+            (Method::GET, ["current_org"]) => {
+                blocking(Box::new(move |s| Ok((StatusCode::OK, org_json(&s.read()?))))).await
+            }
+            (Method::GET, ["api_tokens"]) => {
+                let q = ListQuery::parse(query)?;
+                blocking(Box::new(move |s| {
+                    let (total, items) = s.list(&caller, q.search.as_deref(), q.start, q.count)?;
+                    let file = s.read()?;
+                    let now = clock::now();
+                    let items: Vec<Value> =
+                        items.iter().map(|t| token_json(t, &file, now)).collect();
+                    Ok((
+                        StatusCode::OK,
+                        json!({ "start": q.start, "count": items.len(), "total": total, "items": items }),
+                    ))
+                }))
+                .await
+            }
+            (Method::POST, ["api_tokens"]) => {
+                let req = parse_create(&body)?;
+                blocking(Box::new(move |s| {
+                    let name = req.name.clone();
+                    let (secret, record) = match s.create(&caller, req) {
+                        Ok(created) => created,
+                        Err(e) => return Err(audit_failure(&caller, "token.create", &name, e)),
+                    };
+                    tracing::info!(target: "bentogate::audit", action = "token.create", actor = caller.user(), actor_uid = %caller.token.uid, subject = %record.uid, name = %record.name, outcome = "done", "control-plane change");
+                    let mut body = token_json(&record, &s.read()?, clock::now());
+                    body["token"] = Value::String(secret.expose().to_owned());
+                    Ok((StatusCode::OK, body))
+                }))
+                .await
+            }
+            (Method::GET, ["api_tokens", uid]) => {
+                let uid = (*uid).to_owned();
+                blocking(Box::new(move |s| {
+                    let t = s.get(&caller, &uid)?;
+                    Ok((StatusCode::OK, token_json(&t, &s.read()?, clock::now())))
+                }))
+                .await
+            }
+            (Method::DELETE, ["api_tokens", uid]) => {
+                let uid = (*uid).to_owned();
+                blocking(Box::new(move |s| {
+                    let outcome = s.delete(&caller, &uid);
+                    let t = audited(&caller, "token.delete", &uid, outcome)?;
+                    Ok((StatusCode::OK, token_json(&t, &s.read()?, clock::now())))
+                }))
+                .await
+            }
+            (Method::GET, ["members"]) => {
+                blocking(Box::new(move |s| {
+                    let members = s.members(&caller)?;
+                    Ok((StatusCode::OK, json!({ "items": members })))
+                }))
+                .await
+            }
+            (Method::POST, ["members"]) => {
+                let m: NewMember = serde_json::from_slice(&body)
+                    .map_err(|e| ControlError::Invalid(format!("member body: {e}")))?;
+                let change = MemberChange::Add {
+                    name: m.name,
+                    email: m.email,
+                    admin: m.admin,
+                };
+                member_change(blocking, caller, change, "member.add").await
+            }
+            (Method::DELETE, ["members", name]) => {
+                let change = MemberChange::Remove {
+                    name: (*name).to_owned(),
+                };
+                member_change(blocking, caller, change, "member.remove").await
+            }
+            (Method::POST, ["members", name, "promote"]) => {
+                let change = MemberChange::Promote {
+                    name: (*name).to_owned(),
+                };
+                member_change(blocking, caller, change, "member.promote").await
+            }
+            _ => Err(ControlError::NotFound(format!(
+                "no API route {method} {path}; see the README's API reference"
+            ))),
+        }
+    }
+
+    /// The caller behind the request's token, or the refusal (audited).
+    async fn authenticate(
+        &self,
+        store: &Arc<Store>,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Caller, ControlError> {
+        let refused = |e: ControlError| {
+            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path, outcome = "refused", reason = %e, "control-plane authorization failed");
+            e
+        };
+        let Some(value) = presented_token(headers) else {
+            return Err(refused(ControlError::Unauthenticated(
+                "no token: send it in X-YATAI-API-TOKEN or Authorization: Bearer",
+            )));
+        };
+        let token = match self.validator.validate(value, clock::now()).await {
+            Verdict::Valid(t) => t,
+            Verdict::Expired => {
+                return Err(refused(ControlError::Unauthenticated(
+                    "Bad credentials: the token has expired",
+                )))
+            }
+            _ => {
+                return Err(refused(ControlError::Unauthenticated(
+                    "Bad credentials: not a live token",
+                )))
+            }
+        };
+        let store = Arc::clone(store);
+        let uid = token.uid.clone();
+        let caller = tokio::task::spawn_blocking(move || store.caller(token))
+            .await
+            .map_err(|_| ControlError::Unavailable("the store task failed".into()))?;
+        caller.map_err(|e| {
+            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path, actor_uid = %uid, outcome = "refused", reason = %e, "control-plane authorization failed");
+            e
+        })
+    }
+}
+
+async fn member_change<F, Fut>(
+    blocking: F,
+    caller: Caller,
+    change: MemberChange,
+    action: &'static str,
+) -> Result<Answer, ControlError>
+where
+    F: FnOnce(Box<dyn FnOnce(&Store) -> Result<Answer, ControlError> + Send>) -> Fut,
+    Fut: std::future::Future<Output = Result<Answer, ControlError>>,
+{
+    blocking(Box::new(move |s| {
+        let name = match &change {
+            MemberChange::Add { name, .. }
+            | MemberChange::Remove { name }
+            | MemberChange::Promote { name } => name.clone(),
+        };
+        let outcome = s.change_member(&caller, change);
+        let deleted = audited(&caller, action, &name, outcome)?;
+        Ok((
+            StatusCode::OK,
+            json!({ "member": name, "deleted_tokens": deleted }),
+        ))
+    }))
+    .await
+}
+
+/// Writes the audit line for a change (done or refused) and passes the outcome on.
+fn audited<T>(
+    caller: &Caller,
+    action: &'static str,
+    subject: &str,
+    outcome: Result<T, ControlError>,
+) -> Result<T, ControlError> {
+    match outcome {
+        Ok(done) => {
+            tracing::info!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "done", "control-plane change");
+            Ok(done)
+        }
+        Err(e) => Err(audit_failure(caller, action, subject, e)),
+    }
+}
+
+/// Writes the audit line for a refused or failed change and returns its error.
+fn audit_failure(
+    caller: &Caller,
+    action: &'static str,
+    subject: &str,
+    e: ControlError,
+) -> ControlError {
+    match &e {
+        ControlError::Forbidden(_) => tracing::warn!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "refused", reason = %e, "control-plane authorization failed"),
+        _ => tracing::info!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "failed", reason = %e, "control-plane change failed"),
+    }
+    e
+}
+
+/// The token a control-plane request presents: `X-YATAI-API-TOKEN`, else a Bearer token.
+pub fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(TOKEN_HEADER) {
+        let v = v.as_bytes().trim_ascii();
+        return (!v.is_empty()).then_some(v);
+    }
+    match crate::auth::credentials(headers) {
+        crate::auth::Credentials::Bearer(v) => Some(v),
+        _ => None,
+    }
+}
+
+struct ListQuery {
+    start: usize,
+    count: usize,
+    search: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(query: Option<&str>) -> Result<ListQuery, ControlError> {
+        let mut q = ListQuery {
+            start: 0,
+            count: 100,
+            search: None,
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let number = |v: &str| {
+                v.parse::<usize>().map_err(|_| {
+                    ControlError::Invalid(format!("`{k}` must be a non-negative integer"))
+                })
+            };
+            match k.as_ref() {
+                "start" => q.start = number(&v)?,
+                "count" => q.count = number(&v)?.min(MAX_PAGE),
+                "search" if !v.is_empty() => q.search = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// The create body: the client's CreateApiTokenSchema plus bentogate's optional extensions.
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    expired_at: Option<String>,
+    #[serde(default)]
+    deployments: Option<Vec<String>>,
+    #[serde(default, alias = "is_global_access")]
+    all_deployments: Option<bool>,
+    #[serde(default)]
+    is_organization_token: Option<bool>,
+    #[serde(default)]
+    monitoring: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    name: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+fn parse_create(body: &[u8]) -> Result<NewToken, ControlError> {
+    let b: CreateBody = serde_json::from_slice(body).map_err(|e| {
+        ControlError::Invalid(format!(
+            "create body: {e}; send JSON with at least `name`"
+        ))
+    })?;
+    let scopes = Scopes::parse(b.scopes.iter().flatten().map(String::as_str))
+        .map_err(ControlError::Invalid)?;
+    let expired_at = b
+        .expired_at
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(clock::parse_absolute)
+        .transpose()
+        .map_err(|e| ControlError::Invalid(format!("expired_at: {e}")))?;
+    Ok(NewToken {
+        name: b.name,
+        description: b.description,
+        scopes,
+        expired_at,
+        deployments: b.deployments.unwrap_or_default(),
+        all_deployments: b.all_deployments.unwrap_or(false),
+        organization: b.is_organization_token,
+        monitoring: b.monitoring.unwrap_or(false),
+    })
+}
+
+/// A stable uid for the organization, derived from its name (the file stores none).
+fn org_uid(file: &TokenFile) -> String {
+    hex::encode(&crate::token::Digest::of(file.organization.name.as_bytes()).0[..10])
+}
+
+fn org_json(file: &TokenFile) -> Value {
+    let created = file
+        .tokens
+        .iter()
+        .map(|t| t.created_at)
+        .min()
+        .unwrap_or_else(clock::now);
+    json!({
+        "uid": org_uid(file),
+        "created_at": clock::format(created),
+        "updated_at": null,
+        "deleted_at": null,
+        "name": file.organization.name,
+        "resource_type": "organization",
+        "labels": [],
+        "description": "",
+    })
+}
+
+fn user_value(name: &str, member: Option<&Member>) -> Value {
+    json!({
+        "name": name,
+        // The client prints the email on login; a user with none is shown by name.
+        "email": member.and_then(|m| m.email.clone()).unwrap_or_else(|| name.to_owned()),
+        "first_name": "",
+        "last_name": "",
+    })
+}
+
+fn user_json(caller: &Caller, file: &TokenFile) -> Value {
+    user_value(caller.user(), file.member(caller.user()))
+}
+
+/// A token in the client's ApiTokenSchema, with bentogate's access fields beside it. Never the
+/// value or the digest.
+pub fn token_json(t: &Token, file: &TokenFile, now: UnixSeconds) -> Value {
+    json!({
+        "uid": t.uid,
+        "created_at": clock::format(t.created_at),
+        "updated_at": clock::format(t.updated_at),
+        "deleted_at": null,
+        "name": t.name,
+        "resource_type": "api_token",
+        "labels": [],
+        "description": t.description.clone().unwrap_or_default(),
+        "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "user": user_value(&t.user, file.member(&t.user)),
+        "organization": org_json(file),
+        "expired_at": t.expired_at.map(clock::format),
+        "last_used_at": t.last_used_at.map(clock::format),
+        "is_expired": t.is_expired(now),
+        "is_api_token": true,
+        "is_organization_token": t.kind == OwnerKind::Organization,
+        "is_global_access": t.all_deployments,
+        "deployments": t.deployments,
+        "all_deployments": t.all_deployments,
+        "monitoring": t.monitoring,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_reads_the_clients_time_format_and_extensions() {
+        let b = br#"{"name":"n","description":null,"scopes":["api","read_cluster"],"expired_at":"2030-01-02 03:04:05.000000","deployments":["a"],"is_organization_token":false}"#;
+        let t = parse_create(b).unwrap();
+        assert_eq!(t.expired_at, Some(clock::parse_absolute("2030-01-02T03:04:05Z").unwrap()));
+        assert_eq!(t.scopes.iter().count(), 2);
+        assert_eq!(t.deployments, ["a"]);
+        assert_eq!(t.organization, Some(false));
+        let rfc = parse_create(br#"{"name":"n","expired_at":"2030-01-02T03:04:05+01:00"}"#).unwrap();
+        assert_eq!(rfc.expired_at, Some(clock::parse_absolute("2030-01-02T02:04:05Z").unwrap()));
+        assert!(matches!(
+            parse_create(br#"{"name":"n","scopes":["root"]}"#),
+            Err(ControlError::Invalid(m)) if m.contains("root")
+        ));
+        assert!(parse_create(b"not json").is_err());
+    }
+
+    #[test]
+    fn list_query_caps_the_page_and_decodes_search() {
+        let q = ListQuery::parse(Some("start=5&count=5000&search=my%20tok")).unwrap();
+        assert_eq!((q.start, q.count), (5, MAX_PAGE));
+        assert_eq!(q.search.as_deref(), Some("my tok"));
+        assert!(ListQuery::parse(Some("count=-1")).is_err());
+    }
+}
