@@ -18,7 +18,7 @@ use crate::control::api::Api;
 use crate::control::introspect::Introspection;
 use crate::control::Store;
 use crate::metrics::Metrics;
-use crate::validator::Validator;
+use crate::validator::{Source, Validator};
 
 /// Largest control-plane request body read; a token create is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -30,6 +30,7 @@ pub struct Admin {
     draining: Arc<AtomicBool>,
     api: Api,
     introspection: Introspection,
+    store: Option<Arc<Store>>,
 }
 
 impl Admin {
@@ -42,7 +43,8 @@ impl Admin {
         draining: Arc<AtomicBool>,
     ) -> Admin {
         Admin {
-            api: Api::new(Arc::clone(&validator), store),
+            api: Api::new(Arc::clone(&validator), store.clone()),
+            store,
             introspection: Introspection::new(Arc::clone(&validator)),
             metrics,
             validator,
@@ -107,6 +109,10 @@ impl Admin {
                 );
             }
         };
+        if let Some(store) = self.store.clone() {
+            // Judge the caller against the file as it is now, not as of the last poll.
+            let _ = tokio::task::spawn_blocking(move || store.refresh()).await;
+        }
         let (status, value) = if parts.uri.path() == "/v1/introspect" {
             if parts.method != Method::POST {
                 return json(
@@ -136,17 +142,38 @@ impl Admin {
                 r#"{"status":"draining"}"#.into(),
             );
         }
-        let source = self.validator.source();
-        let body = serde_json::json!({
-            "status": if source.last_error().is_some() { "degraded" } else { "ready" },
-            "token_source": {
-                "kind": "file",
-                "path": source.path().display().to_string(),
-                "tokens": self.metrics.tokens_loaded.get(),
-                "last_error": source.last_error(),
-            },
-        });
-        json(StatusCode::OK, body.to_string())
+        let (status, body) = match self.validator.source() {
+            Source::File(source) => (
+                StatusCode::OK,
+                serde_json::json!({
+                    "status": if source.last_error().is_some() { "degraded" } else { "ready" },
+                    "token_source": {
+                        "kind": "file",
+                        "path": source.path().display().to_string(),
+                        "tokens": self.metrics.tokens_loaded.get(),
+                        "last_error": source.last_error(),
+                    },
+                }),
+            ),
+            // Unknown tokens fail closed while the control plane is away: this replica cannot
+            // serve new callers, so it reports not ready.
+            Source::Introspect(remote) => (
+                if remote.is_reachable() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                serde_json::json!({
+                    "status": if remote.is_reachable() { "ready" } else { "unavailable" },
+                    "token_source": {
+                        "kind": "introspect",
+                        "url": remote.url().to_string(),
+                        "last_error": remote.last_error(),
+                    },
+                }),
+            ),
+        };
+        json(status, body.to_string())
     }
 }
 

@@ -33,6 +33,10 @@ pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Default life of a cached "unknown token" answer.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// How often last-use times are written to the token file (SPEC: at most a few seconds late).
+pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(5);
+/// How long cached tokens keep passing while the introspection control plane is unreachable.
+pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default wait for the upstream's response headers.
@@ -144,6 +148,24 @@ struct RawTokens {
     file: Option<PathBuf>,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    usage_flush: Option<Dur>,
+    #[serde(default)]
+    introspect: Option<RawIntrospect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospect {
+    url: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    stale_if_error: Option<Dur>,
+    #[serde(default)]
+    timeout: Option<Dur>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +297,32 @@ pub struct TokensConfig {
     pub cache_ttl: Duration,
     /// Life of a cached negative lookup.
     pub negative_ttl: Duration,
+    /// How often last-use times are flushed to the token file.
+    pub usage_flush: Duration,
+    /// With `source: introspect`, where to ask; none for the file source.
+    pub introspect: Option<IntrospectConfig>,
+}
+
+/// The `introspect` source: another bentogate's `/v1/introspect`.
+#[derive(Clone)]
+pub struct IntrospectConfig {
+    /// The endpoint, `http://host:port/v1/introspect`.
+    pub url: http::Uri,
+    /// This gateway's own token (with `read_cluster`) for calling it.
+    pub token: std::sync::Arc<crate::token::Secret>,
+    /// How long cached positives keep passing while the endpoint is unreachable.
+    pub stale_if_error: Duration,
+    /// Deadline for one introspection call.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for IntrospectConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectConfig")
+            .field("url", &self.url)
+            .field("stale_if_error", &self.stale_if_error)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Request rewriting and upstream timeouts.
@@ -508,16 +556,31 @@ impl Validator<'_> {
     }
 
     fn tokens(&self, raw: RawTokens, base: &Path) -> Result<TokensConfig, ConfigError> {
-        match raw.source {
-            RawSourceKind::File => {}
-            RawSourceKind::Postgres | RawSourceKind::Introspect => {
+        let introspect = match (raw.source, raw.introspect) {
+            (RawSourceKind::File, None) => None,
+            (RawSourceKind::File, Some(_)) => {
+                return Err(self.error(
+                    "tokens.introspect",
+                    &["introspect:"],
+                    "`introspect:` is read only with `source: introspect`; set the source or remove the section",
+                ))
+            }
+            (RawSourceKind::Introspect, None) => {
+                return Err(self.error(
+                    "tokens.introspect",
+                    &["source:"],
+                    "`source: introspect` needs `introspect: { url: http://HOST:9901/v1/introspect, token_file: PATH }`",
+                ))
+            }
+            (RawSourceKind::Introspect, Some(i)) => Some(self.introspect(i, base)?),
+            (RawSourceKind::Postgres, _) => {
                 return Err(self.error(
                     "tokens.source",
                     &["source:"],
-                    "only the `file` source is available in this build; use `source: file`",
+                    "the `postgres` source is not available in this build; use `source: file` or `source: introspect`",
                 ))
             }
-        }
+        };
         let file = base.join(
             raw.file
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
@@ -539,11 +602,84 @@ impl Validator<'_> {
                 "ttl and negative_ttl must be longer than zero",
             ));
         }
+        let usage_flush = raw.usage_flush.map_or(DEFAULT_USAGE_FLUSH, |d| d.0);
+        if usage_flush.is_zero() {
+            return Err(self.error(
+                "tokens.usage_flush",
+                &["usage_flush:"],
+                "must be longer than zero; the default is 5s",
+            ));
+        }
         Ok(TokensConfig {
             file,
             cache_capacity,
             cache_ttl,
             negative_ttl,
+            usage_flush,
+            introspect,
+        })
+    }
+
+    fn introspect(&self, raw: RawIntrospect, base: &Path) -> Result<IntrospectConfig, ConfigError> {
+        let url = http::Uri::from_str(&raw.url)
+            .ok()
+            .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+            .ok_or_else(|| {
+                self.error(
+                    "tokens.introspect.url",
+                    &["url:"],
+                    format!("`{}` is not an http:// URL with a host (https is not supported in this build yet); write it like http://control-plane:9901/v1/introspect", raw.url),
+                )
+            })?;
+        let token = match (raw.token, raw.token_file) {
+            (Some(t), None) => t,
+            (None, Some(path)) => {
+                let path = base.join(path);
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| {
+                        self.error(
+                            "tokens.introspect.token_file",
+                            &["token_file:"],
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
+            }
+            _ => {
+                return Err(self.error(
+                    "tokens.introspect",
+                    &["introspect:"],
+                    "give exactly one of `token` or `token_file`: a token with the read_cluster scope on the control plane",
+                ))
+            }
+        };
+        if crate::token::check(token.as_bytes()).is_err() {
+            return Err(self.error(
+                "tokens.introspect.token",
+                &["token:", "token_file:"],
+                "the introspection token is not a token; create one on the control plane with `bentogate token create NAME --scope read_cluster`",
+            ));
+        }
+        let positive = |key: &str, d: Option<Dur>, default: Duration| {
+            let d = d.map_or(default, |d| d.0);
+            if d.is_zero() {
+                return Err(self.error(key, &[], "must be longer than zero"));
+            }
+            Ok(d)
+        };
+        Ok(IntrospectConfig {
+            url,
+            token: std::sync::Arc::new(crate::token::Secret::new(token)),
+            stale_if_error: positive(
+                "tokens.introspect.stale_if_error",
+                raw.stale_if_error,
+                DEFAULT_STALE_IF_ERROR,
+            )?,
+            timeout: positive(
+                "tokens.introspect.timeout",
+                raw.timeout,
+                Duration::from_secs(2),
+            )?,
         })
     }
 
@@ -954,6 +1090,38 @@ mod tests {
         let text = format!("{MINIMAL}tokens:\n  source: postgres\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("test.yaml:6: tokens.source"), "{e}");
+    }
+
+    #[test]
+    fn introspect_source_needs_a_url_and_one_token() {
+        let tok = "bgt_000000000000000000000000000000000000";
+        let ok = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"http://cp:9901/v1/introspect\", token: \"0123456789abcdefXYZ\" }}\n");
+        let c = parse(&ok).unwrap();
+        let i = c.tokens.introspect.unwrap();
+        assert_eq!(i.url.path(), "/v1/introspect");
+        assert_eq!(i.stale_if_error, DEFAULT_STALE_IF_ERROR);
+        assert!(
+            !format!("{i:?}").contains("0123456789"),
+            "Debug must not show the token"
+        );
+        let missing = format!("{MINIMAL}tokens:\n  source: introspect\n");
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.contains("tokens.introspect") && e.contains("url"), "{e}");
+        let https = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"https://cp/v1/introspect\", token: \"{tok}\" }}\n");
+        assert!(parse(&https)
+            .unwrap_err()
+            .to_string()
+            .contains("tokens.introspect.url"));
+        let both = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"http://cp/v1/introspect\", token: \"{tok}\", token_file: t }}\n");
+        assert!(parse(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
+        let stray = format!("{MINIMAL}tokens:\n  introspect: {{ url: \"http://cp/v1/introspect\", token: \"{tok}\" }}\n");
+        assert!(parse(&stray)
+            .unwrap_err()
+            .to_string()
+            .contains("source: introspect"));
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Outcome {
     BadRequest,
     /// 431: header block over the limit.
     HeadersTooLarge,
+    /// 401: the remote token source was unreachable and the token not cached (fail closed).
+    SourceUnavailable,
     /// 502: upstream refused, reset or spoke nonsense.
     UpstreamError,
     /// 504: upstream too slow.
@@ -34,7 +36,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label-array order.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Allowed,
         Outcome::Public,
         Outcome::Unauthorized,
@@ -42,6 +44,7 @@ impl Outcome {
         Outcome::NotFound,
         Outcome::BadRequest,
         Outcome::HeadersTooLarge,
+        Outcome::SourceUnavailable,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
     ];
@@ -56,6 +59,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::BadRequest => "bad_request",
             Outcome::HeadersTooLarge => "headers_too_large",
+            Outcome::SourceUnavailable => "source_unavailable",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
         }
@@ -78,6 +82,8 @@ pub struct Metrics {
     pub source_lookups: IntCounter,
     /// Lookups the token source failed.
     pub source_failures: IntCounter,
+    /// Requests let through on a cached token while the remote source was unreachable.
+    pub source_stale_hits: IntCounter,
     /// Token-file reloads by result (`success`, `error`).
     pub token_file_reloads: IntCounterVec,
     /// 1 when the last token-file read succeeded, 0 while an older set is being kept.
@@ -142,6 +148,10 @@ impl Metrics {
             "bentogate_token_source_failures_total",
             "Token source lookups that failed",
         )?;
+        let source_stale_hits = IntCounter::new(
+            "bentogate_token_source_stale_hits_total",
+            "Tokens accepted from cache while the remote token source was unreachable",
+        )?;
         let token_file_reloads = IntCounterVec::new(
             Opts::new(
                 "bentogate_token_file_reloads_total",
@@ -169,6 +179,7 @@ impl Metrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(source_lookups.clone()))?;
         registry.register(Box::new(source_failures.clone()))?;
+        registry.register(Box::new(source_stale_hits.clone()))?;
         registry.register(Box::new(token_file_reloads.clone()))?;
         registry.register(Box::new(token_file_healthy.clone()))?;
         registry.register(Box::new(tokens_loaded.clone()))?;
@@ -182,6 +193,7 @@ impl Metrics {
             cache_entries,
             source_lookups,
             source_failures,
+            source_stale_hits,
             token_file_reloads,
             token_file_healthy,
             tokens_loaded,

@@ -21,12 +21,17 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::control::Store;
 use crate::config::{Config, Limits};
+use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
+use crate::store::introspect::IntrospectSource;
 use crate::store::{FileSource, StoreError};
+use crate::validator::Source;
 use crate::validator::Validator;
+
+/// How often a gateway on the `introspect` source checks that its control plane answers.
+pub const INTROSPECT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +97,9 @@ impl Listeners {
 pub struct App {
     config: Config,
     metrics: Arc<Metrics>,
-    source: Arc<FileSource>,
+    /// The token file, unless tokens come from a remote control plane.
+    source: Option<Arc<FileSource>>,
+    validator: Arc<Validator>,
     gateway: Arc<Gateway>,
     admin: Arc<Admin>,
     draining: Arc<AtomicBool>,
@@ -102,25 +109,35 @@ impl App {
     /// Loads the token source and builds the data plane for `config`.
     pub fn build(config: Config) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new()?);
-        let source = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
-        let validator = Arc::new(Validator::new(
-            &config.tokens,
-            Arc::clone(&source),
-            Arc::clone(&metrics),
-        ));
+        let (source, validator) = match &config.tokens.introspect {
+            None => {
+                let file = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
+                let validator =
+                    Validator::new(&config.tokens, Arc::clone(&file), Arc::clone(&metrics));
+                (Some(file), validator)
+            }
+            Some(remote) => {
+                let remote = Arc::new(IntrospectSource::new(remote.clone()));
+                let validator =
+                    Validator::introspecting(&config.tokens, remote, Arc::clone(&metrics));
+                (None, validator)
+            }
+        };
+        let validator = Arc::new(validator);
         let gateway = Arc::new(Gateway::new(&config, Arc::clone(&validator), &metrics));
         let draining = Arc::new(AtomicBool::new(false));
-        let store = Arc::new(Store::new(Arc::clone(&source)));
+        let store = source.as_ref().map(|f| Arc::new(Store::new(Arc::clone(f))));
         let admin = Arc::new(Admin::new(
             Arc::clone(&metrics),
-            validator,
-            Some(store),
+            Arc::clone(&validator),
+            store,
             Arc::clone(&draining),
         ));
         Ok(App {
             config,
             metrics,
             source,
+            validator,
             gateway,
             admin,
             draining,
@@ -133,6 +150,7 @@ impl App {
             config,
             metrics,
             source,
+            validator,
             gateway,
             admin,
             draining,
@@ -141,7 +159,17 @@ impl App {
         let graceful = Arc::new(GracefulShutdown::new());
         let builder = Arc::new(connection_builder(&config.limits));
         let mut loops: Vec<JoinHandle<()>> = Vec::new();
-        loops.push(tokio::spawn(Arc::clone(&source).watch(stop_rx.clone())));
+        if let Some(source) = &source {
+            loops.push(tokio::spawn(Arc::clone(source).watch(stop_rx.clone())));
+            loops.push(tokio::spawn(
+                Arc::clone(source).flush_usage_every(config.tokens.usage_flush, stop_rx.clone()),
+            ));
+        }
+        if let Source::Introspect(remote) = validator.source() {
+            loops.push(tokio::spawn(
+                Arc::clone(remote).probe_every(INTROSPECT_PROBE_INTERVAL, stop_rx.clone()),
+            ));
+        }
         for listener in listeners.proxy {
             let gateway = Arc::clone(&gateway);
             let handler = move |req: Request<Incoming>, peer: SocketAddr| {
@@ -184,13 +212,19 @@ impl App {
             let _ = l.await;
         }
         // Every accept loop has returned, so this is the last handle.
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            return;
-        };
-        match tokio::time::timeout(config.limits.drain_timeout, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("drained; bye"),
-            Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            match tokio::time::timeout(config.limits.drain_timeout, graceful.shutdown()).await {
+                Ok(()) => tracing::info!("drained"),
+                Err(_) => {
+                    tracing::warn!("drain timeout reached; closing the remaining connections")
+                }
+            }
         }
+        // No request can record a use any more: write the last ones out.
+        if let Some(source) = source {
+            source.flush_usage_logged().await;
+        }
+        tracing::info!("bye");
     }
 }
 

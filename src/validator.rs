@@ -11,15 +11,23 @@
 //! at most the cache TTL (one cache-wide TTL: moka's per-entry expiry costs a fifth of a hit); an
 //! unknown digest's entry is stale after the negative TTL, checked on the hit; a token past its
 //! expiry is refused on every request whatever the cache holds.
+//!
+//! With the `introspect` source a positive is refreshed after the cache TTL (or at the token's
+//! expiry, if sooner); entries live TTL + stale-if-error, so when the control plane cannot be
+//! reached a token seen lately keeps passing for that window, while a token never seen fails
+//! closed ([`Verdict::Unavailable`]). Concurrent misses of one digest share one remote call.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+use tokio::sync::OnceCell;
 
 use crate::clock::UnixSeconds;
 use crate::config::TokensConfig;
 use crate::metrics::Metrics;
+use crate::store::introspect::IntrospectSource;
 use crate::store::FileSource;
 use crate::token::{self, Digest, Token};
 
@@ -34,13 +42,27 @@ pub enum Verdict {
     Unknown,
     /// A real token past its expiry.
     Expired,
+    /// The remote source could not be asked and nothing usable is cached: refused (fail closed).
+    Unavailable,
 }
+
+/// Where the validator looks on a miss.
+pub enum Source {
+    /// The token file, in memory: a miss is a map lookup.
+    File(Arc<FileSource>),
+    /// A remote control plane's `/v1/introspect`.
+    Introspect(Arc<IntrospectSource>),
+}
+
+/// One remote lookup shared by every request that missed on the same digest meanwhile.
+type Inflight = Arc<OnceCell<Result<Option<Arc<Token>>, ()>>>;
 
 #[derive(Clone)]
 struct Entry {
     token: Option<Arc<Token>>,
     generation: u64,
-    /// For an unknown digest, when the negative answer stops counting.
+    /// When the answer stops counting as fresh: a negative after the negative TTL, an
+    /// introspected positive after the TTL or at its expiry; a file positive never (generation).
     stale_after: Option<Instant>,
 }
 
@@ -56,23 +78,47 @@ impl Entry {
 pub struct Validator {
     cache: Cache<Digest, Entry, foldhash::fast::RandomState>,
     negative_ttl: Duration,
-    source: Arc<FileSource>,
+    positive_ttl: Duration,
+    source: Source,
+    inflight: Mutex<HashMap<Digest, Inflight>>,
     metrics: Arc<Metrics>,
 }
 
 impl Validator {
-    /// Builds the cache described by `config` in front of `source`.
+    /// Builds the cache described by `config` in front of the token file `source`.
     pub fn new(config: &TokensConfig, source: Arc<FileSource>, metrics: Arc<Metrics>) -> Validator {
+        Self::build(config, config.cache_ttl, Source::File(source), metrics)
+    }
+
+    /// Builds the cache described by `config` in front of a remote control plane. Entries live
+    /// TTL + stale-if-error; they count as fresh for the TTL only.
+    pub fn introspecting(
+        config: &TokensConfig,
+        source: Arc<IntrospectSource>,
+        metrics: Arc<Metrics>,
+    ) -> Validator {
+        let life = config.cache_ttl + source.stale_if_error();
+        Self::build(config, life, Source::Introspect(source), metrics)
+    }
+
+    fn build(
+        config: &TokensConfig,
+        life: Duration,
+        source: Source,
+        metrics: Arc<Metrics>,
+    ) -> Validator {
         let cache = Cache::builder()
             .max_capacity(config.cache_capacity)
-            .time_to_live(config.cache_ttl)
+            .time_to_live(life)
             // Keys are SHA-256 outputs: a fast seeded hash suffices, and SipHash would cost more
             // than the lookup itself.
             .build_with_hasher(foldhash::fast::RandomState::default());
         Validator {
             cache,
             negative_ttl: config.negative_ttl,
+            positive_ttl: config.cache_ttl,
             source,
+            inflight: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -84,7 +130,13 @@ impl Validator {
             return Verdict::Malformed;
         }
         let digest = Digest::of(value);
-        let generation = self.source.generation();
+        let source = match &self.source {
+            Source::File(f) => f,
+            Source::Introspect(remote) => {
+                return self.validate_remote(remote, value, digest, now).await
+            }
+        };
+        let generation = source.generation();
         let entry = match self.cache.get(&digest) {
             Some(e) if e.is_fresh(generation) => {
                 self.metrics.cache_hits.inc();
@@ -92,7 +144,6 @@ impl Validator {
             }
             _ => {
                 self.metrics.cache_misses.inc();
-                let source = &self.source;
                 let metrics = &self.metrics;
                 let negative_ttl = self.negative_ttl;
                 // Concurrent misses of one digest wait for this one lookup (moka coalesces).
@@ -115,10 +166,76 @@ impl Validator {
                     .into_value()
             }
         };
-        match entry.token {
-            None => Verdict::Unknown,
-            Some(t) if t.is_expired(now) => Verdict::Expired,
-            Some(t) => Verdict::Valid(t),
+        verdict(entry.token, now)
+    }
+
+    /// The introspect path: a fresh entry answers; otherwise one remote call per digest, and
+    /// on failure the stale positive (within stale-if-error) or a fail-closed refusal.
+    async fn validate_remote(
+        &self,
+        remote: &IntrospectSource,
+        value: &[u8],
+        digest: Digest,
+        now: UnixSeconds,
+    ) -> Verdict {
+        let cached = self.cache.get(&digest);
+        if let Some(e) = &cached {
+            if e.is_fresh(0) {
+                self.metrics.cache_hits.inc();
+                return verdict(e.token.clone(), now);
+            }
+        }
+        self.metrics.cache_misses.inc();
+        let cell = {
+            let Ok(mut inflight) = self.inflight.lock() else {
+                return Verdict::Unavailable;
+            };
+            Arc::clone(inflight.entry(digest).or_default())
+        };
+        let outcome = cell
+            .get_or_init(|| async {
+                self.metrics.source_lookups.inc();
+                let found = remote.lookup(value, digest).await;
+                match found {
+                    Ok(token) => {
+                        let refresh = match &token {
+                            None => self.negative_ttl,
+                            Some(t) => self.positive_ttl.min(until(t.expired_at, now)),
+                        };
+                        self.cache.insert(
+                            digest,
+                            Entry {
+                                token: token.clone(),
+                                generation: 0,
+                                stale_after: Some(Instant::now() + refresh),
+                            },
+                        );
+                        Ok(token)
+                    }
+                    Err(_) => {
+                        self.metrics.source_failures.inc();
+                        Err(())
+                    }
+                }
+            })
+            .await
+            .clone();
+        if let Ok(mut inflight) = self.inflight.lock() {
+            if inflight.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(&digest);
+            }
+        }
+        match outcome {
+            Ok(token) => verdict(token, now),
+            // Unreachable: a positive seen within TTL + stale-if-error keeps passing (moka has
+            // already dropped older ones); anything else fails closed.
+            Err(()) => match cached {
+                Some(Entry { token: Some(t), .. }) => {
+                    self.metrics.source_stale_hits.inc();
+                    verdict(Some(t), now)
+                }
+                _ => Verdict::Unavailable,
+            },
         }
     }
 
@@ -129,7 +246,22 @@ impl Validator {
     }
 
     /// The source behind the cache.
-    pub fn source(&self) -> &Arc<FileSource> {
+    pub fn source(&self) -> &Source {
         &self.source
     }
+}
+
+fn verdict(token: Option<Arc<Token>>, now: UnixSeconds) -> Verdict {
+    match token {
+        None => Verdict::Unknown,
+        Some(t) if t.is_expired(now) => Verdict::Expired,
+        Some(t) => Verdict::Valid(t),
+    }
+}
+
+/// Time from `now` until `expired_at` (none: forever).
+fn until(expired_at: Option<UnixSeconds>, now: UnixSeconds) -> Duration {
+    expired_at.map_or(Duration::MAX, |at| {
+        Duration::from_secs(u64::try_from(at - now).unwrap_or(0))
+    })
 }

@@ -78,21 +78,20 @@ impl Api {
             .trim_end_matches('/')
             .split('/')
             .collect();
-        let blocking = |f: Box<dyn FnOnce(&Store) -> Result<Answer, ControlError> + Send>| {
-            let store = Arc::clone(&store);
-            async move {
-                tokio::task::spawn_blocking(move || f(&store))
-                    .await
-                    .map_err(|_| ControlError::Unavailable("the store task failed".into()))?
-            }
-        };
+        let blocking = |job: StoreJob| on_store(Arc::clone(&store), job);
         match (method.clone(), route.as_slice()) {
             (Method::GET, ["auth", "current"]) => {
                 let c = caller.clone();
-                blocking(Box::new(move |s| Ok((StatusCode::OK, user_json(&c, &s.read()?))))).await
+                blocking(Box::new(move |s| {
+                    Ok((StatusCode::OK, user_json(&c, &s.read()?)))
+                }))
+                .await
             }
             (Method::GET, ["current_org"]) => {
-                blocking(Box::new(move |s| Ok((StatusCode::OK, org_json(&s.read()?))))).await
+                blocking(Box::new(move |s| {
+                    Ok((StatusCode::OK, org_json(&s.read()?)))
+                }))
+                .await
             }
             (Method::GET, ["api_tokens"]) => {
                 let q = ListQuery::parse(query)?;
@@ -218,14 +217,22 @@ impl Api {
     }
 }
 
-async fn member_change<F, Fut>(
-    blocking: F,
+/// Store work runs on the blocking pool: it reads and fsyncs files.
+type StoreJob = Box<dyn FnOnce(&Store) -> Result<Answer, ControlError> + Send>;
+
+async fn on_store(store: Arc<Store>, job: StoreJob) -> Result<Answer, ControlError> {
+    tokio::task::spawn_blocking(move || job(&store))
+        .await
+        .map_err(|_| ControlError::Unavailable("the store task failed".into()))?
+}
+
+async fn member_change<Fut>(
+    blocking: impl FnOnce(StoreJob) -> Fut,
     caller: Caller,
     change: MemberChange,
     action: &'static str,
 ) -> Result<Answer, ControlError>
 where
-    F: FnOnce(Box<dyn FnOnce(&Store) -> Result<Answer, ControlError> + Send>) -> Fut,
     Fut: std::future::Future<Output = Result<Answer, ControlError>>,
 {
     blocking(Box::new(move |s| {
@@ -268,8 +275,12 @@ fn audit_failure(
     e: ControlError,
 ) -> ControlError {
     match &e {
-        ControlError::Forbidden(_) => tracing::warn!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "refused", reason = %e, "control-plane authorization failed"),
-        _ => tracing::info!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "failed", reason = %e, "control-plane change failed"),
+        ControlError::Forbidden(_) => {
+            tracing::warn!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "refused", reason = %e, "control-plane authorization failed")
+        }
+        _ => {
+            tracing::info!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "failed", reason = %e, "control-plane change failed")
+        }
     }
     e
 }
@@ -347,9 +358,7 @@ struct NewMember {
 
 fn parse_create(body: &[u8]) -> Result<NewToken, ControlError> {
     let b: CreateBody = serde_json::from_slice(body).map_err(|e| {
-        ControlError::Invalid(format!(
-            "create body: {e}; send JSON with at least `name`"
-        ))
+        ControlError::Invalid(format!("create body: {e}; send JSON with at least `name`"))
     })?;
     let scopes = Scopes::parse(b.scopes.iter().flatten().map(String::as_str))
         .map_err(ControlError::Invalid)?;
@@ -445,12 +454,19 @@ mod tests {
     fn create_body_reads_the_clients_time_format_and_extensions() {
         let b = br#"{"name":"n","description":null,"scopes":["api","read_cluster"],"expired_at":"2030-01-02 03:04:05.000000","deployments":["a"],"is_organization_token":false}"#;
         let t = parse_create(b).unwrap();
-        assert_eq!(t.expired_at, Some(clock::parse_absolute("2030-01-02T03:04:05Z").unwrap()));
+        assert_eq!(
+            t.expired_at,
+            Some(clock::parse_absolute("2030-01-02T03:04:05Z").unwrap())
+        );
         assert_eq!(t.scopes.iter().count(), 2);
         assert_eq!(t.deployments, ["a"]);
         assert_eq!(t.organization, Some(false));
-        let rfc = parse_create(br#"{"name":"n","expired_at":"2030-01-02T03:04:05+01:00"}"#).unwrap();
-        assert_eq!(rfc.expired_at, Some(clock::parse_absolute("2030-01-02T02:04:05Z").unwrap()));
+        let rfc =
+            parse_create(br#"{"name":"n","expired_at":"2030-01-02T03:04:05+01:00"}"#).unwrap();
+        assert_eq!(
+            rfc.expired_at,
+            Some(clock::parse_absolute("2030-01-02T02:04:05Z").unwrap())
+        );
         assert!(matches!(
             parse_create(br#"{"name":"n","scopes":["root"]}"#),
             Err(ControlError::Invalid(m)) if m.contains("root")

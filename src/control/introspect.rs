@@ -35,7 +35,10 @@ impl Introspection {
         let now = clock::now();
         let refuse = |status: StatusCode, reason: &'static str| {
             tracing::warn!(target: "bentogate::audit", action = "introspect", outcome = "refused", reason, "control-plane authorization failed");
-            (status, json!({ "error": "invalid_client", "error_description": reason }))
+            (
+                status,
+                json!({ "error": "invalid_client", "error_description": reason }),
+            )
         };
         let Some(caller) = presented_token(headers) else {
             return refuse(StatusCode::UNAUTHORIZED, "no caller token: send one with the read_cluster scope in X-YATAI-API-TOKEN or Authorization: Bearer");

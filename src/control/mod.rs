@@ -156,6 +156,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Picks up edits made to the file by others (the local CLI, an operator) before a
+    /// control-plane request is judged, instead of waiting for the next poll.
+    pub fn refresh(&self) {
+        self.source.reload_if_changed();
+    }
+
     /// The caller for a live token: it must hold the `api` scope.
     pub fn caller(&self, token: Arc<Token>) -> Result<Caller, ControlError> {
         if !token.scopes.contains(Scope::Api) {

@@ -202,8 +202,10 @@ where
             Credentials::NotBearer => return deny(Reject::NotBearer),
             Credentials::Duplicated => return deny(Reject::DuplicateAuthorization),
         };
-        match self.validator.validate(value, clock::now()).await {
+        let now = clock::now();
+        match self.validator.validate(value, now).await {
             Verdict::Valid(token) if auth::permits(route.policy, &route.name, &token) => {
+                token.mark_used(now);
                 Ok(Admitted {
                     route,
                     token: Some(token),
@@ -211,6 +213,7 @@ where
             }
             Verdict::Valid(_) => deny(Reject::InsufficientScope),
             Verdict::Malformed | Verdict::Unknown | Verdict::Expired => deny(Reject::InvalidToken),
+            Verdict::Unavailable => deny(Reject::SourceUnavailable),
         }
     }
 

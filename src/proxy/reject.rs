@@ -34,6 +34,9 @@ pub enum Reject {
     /// A token was given but is malformed, unknown, expired or revoked.
     #[error("invalid token")]
     InvalidToken,
+    /// The remote token source could not be asked and the token is not cached (fail closed).
+    #[error("token source unavailable")]
+    SourceUnavailable,
     /// A live token without access to this deployment.
     #[error("insufficient scope")]
     InsufficientScope,
@@ -93,6 +96,11 @@ impl Reject {
                 Some(REALM_INVALID),
                 r#"{"error":"invalid token: it is malformed, unknown, expired or revoked; ask your administrator for a valid one"}"#,
             ),
+            Reject::SourceUnavailable => (
+                StatusCode::UNAUTHORIZED,
+                Some(REALM),
+                r#"{"error":"the token could not be checked: the token service is unreachable; retry shortly"}"#,
+            ),
             Reject::InsufficientScope => (
                 StatusCode::FORBIDDEN,
                 Some(REALM_SCOPE),
@@ -120,6 +128,7 @@ impl Reject {
             Reject::MissingCredentials | Reject::NotBearer | Reject::InvalidToken => {
                 Outcome::Unauthorized
             }
+            Reject::SourceUnavailable => Outcome::SourceUnavailable,
             Reject::InsufficientScope => Outcome::Forbidden,
             Reject::UpstreamUnavailable => Outcome::UpstreamError,
             Reject::UpstreamTimeout => Outcome::UpstreamTimeout,
@@ -143,7 +152,7 @@ impl Reject {
 mod tests {
     use super::*;
 
-    const ALL: [Reject; 10] = [
+    const ALL: [Reject; 11] = [
         Reject::NoRoute,
         Reject::DotSegments,
         Reject::DuplicateAuthorization,
@@ -151,6 +160,7 @@ mod tests {
         Reject::MissingCredentials,
         Reject::NotBearer,
         Reject::InvalidToken,
+        Reject::SourceUnavailable,
         Reject::InsufficientScope,
         Reject::UpstreamUnavailable,
         Reject::UpstreamTimeout,
@@ -158,7 +168,7 @@ mod tests {
 
     #[test]
     fn each_reject_has_its_status() {
-        let want = [404, 400, 400, 431, 401, 401, 401, 403, 502, 504];
+        let want = [404, 400, 400, 431, 401, 401, 401, 401, 403, 502, 504];
         for (r, code) in ALL.iter().zip(want) {
             assert_eq!(r.response().status().as_u16(), code, "{r:?}");
         }

@@ -150,6 +150,7 @@ impl FileSource {
         match parsed {
             Ok(file) => {
                 let set = file.live_set();
+                set.carry_usage(&self.set.load());
                 let count = set.len();
                 self.set.store(Arc::new(set));
                 self.generation.fetch_add(1, Ordering::AcqRel);
@@ -184,6 +185,58 @@ impl FileSource {
             self.metrics.token_file_healthy.set(0);
             tracing::error!(error = %message, kept = self.set.load().len(), "token file rejected; keeping the last good set");
             state.last_error = Some(message);
+        }
+    }
+
+    /// Writes the last-use times the data plane recorded since the last flush into the file (one
+    /// locked write for all of them), then reloads. Returns how many tokens were updated.
+    pub fn flush_usage(&self) -> Result<usize, StoreError> {
+        let pending = self.set.load().pending_usage();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let written = update(&self.path, |f| {
+            let mut n = 0;
+            for t in &mut f.tokens {
+                if let Some(&at) = pending.get(&t.uid) {
+                    if t.last_used_at.is_none_or(|old| old < at) {
+                        t.last_used_at = Some(at);
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })?;
+        self.reload_if_changed();
+        Ok(written)
+    }
+
+    /// Flushes last-use times every `every` until `shutdown` resolves (the server flushes once
+    /// more after draining, when no request can record a use any more).
+    pub async fn flush_usage_every(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            Arc::clone(&self).flush_usage_logged().await;
+        }
+    }
+
+    /// [`FileSource::flush_usage`] off the request threads, with its outcome logged.
+    pub async fn flush_usage_logged(self: Arc<Self>) {
+        match tokio::task::spawn_blocking(move || self.flush_usage()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(tokens = n, "last-use times written"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write last-use times; will retry"),
+            Err(_) => tracing::error!("last-use flush task failed"),
         }
     }
 

@@ -98,6 +98,25 @@ impl TokenSet {
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }
+
+    /// Carries unflushed last-use times over from the set this one replaces, so a reload never
+    /// forgets a use the flusher has not written yet.
+    pub fn carry_usage(&self, old: &TokenSet) {
+        for (digest, t) in &self.by_digest {
+            if let Some(o) = old.by_digest.get(digest) {
+                t.used.record(o.used.get());
+            }
+        }
+    }
+
+    /// Uses seen by the data plane and not yet in the file: uid and time.
+    pub fn pending_usage(&self) -> HashMap<String, crate::clock::UnixSeconds> {
+        self.by_digest
+            .values()
+            .filter(|t| t.used.get() > t.last_used_at.unwrap_or(0))
+            .map(|t| (t.uid.clone(), t.used.get()))
+            .collect()
+    }
 }
 
 impl TokenFile {

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod format;
+pub mod introspect;
 
 pub use file::FileSource;
 pub use format::{Member, Role, TokenFile};

@@ -277,19 +277,33 @@ pub struct Answer {
     pub body: String,
 }
 
-/// Sends a request and reads the whole answer.
+/// Sends a GET and reads the whole answer.
 pub async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let mut req = Request::get(format!("http://{addr}{path}"));
+    request(client, "GET", addr, path, headers, "").await
+}
+
+/// Sends any request with a body and reads the whole answer.
+pub async fn request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let res = client
-        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
         .await
         .unwrap();
     let (parts, body) = res.into_parts();

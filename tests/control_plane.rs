@@ -1,0 +1,722 @@
+//! The control plane on a running gateway: the BentoCloud-compatible token API and its
+//! permission rules, RFC 7662 introspection, last-use times, and two gateways where a sidecar
+//! on the `introspect` source asks a control plane holding the token file.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bentogate::control::{apply_member_change, MemberChange};
+use bentogate::store::file::update;
+use bentogate::token::Scope;
+use common::*;
+use http::StatusCode;
+use serde_json::{json, Value};
+
+const API: Scope = Scope::Api;
+const WRITE_ORG: Scope = Scope::WriteOrganization;
+
+async fn control_gate(extra_tokens: &str) -> (Upstream, Gate) {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "tokens:\n  usage_flush: 200ms\n{extra_tokens}deployments:\n{}",
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+    (u, g)
+}
+
+fn add_member(g: &Gate, name: &str, admin: bool) {
+    update(&g.tokens, |f| {
+        apply_member_change(
+            f,
+            MemberChange::Add {
+                name: name.into(),
+                email: Some(format!("{name}@example.com")),
+                admin,
+            },
+        )
+        .unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// An API call with the token in the bentoml client's header; returns status and JSON.
+async fn api(g: &Gate, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let a = request(
+        &client(),
+        method,
+        g.admin,
+        path,
+        &[("x-yatai-api-token", token)],
+        &body,
+    )
+    .await;
+    let v = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+    (a.status, v)
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut v: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn tokens_are_created_listed_read_and_deleted_in_the_clients_shapes() {
+    let (_u, g) = control_gate("").await;
+    let (admin_uid, admin) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![API, WRITE_ORG, Scope::ReadCluster],
+            ..Grant::default()
+        },
+    );
+
+    let (s, me) = api(&g, "GET", "/api/v1/auth/current", &admin, Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    for k in ["name", "email", "first_name", "last_name"] {
+        assert!(me[k].is_string(), "auth/current lacks {k}: {me}");
+    }
+    let (s, org) = api(&g, "GET", "/api/v1/current_org", &admin, Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(org["name"], "default");
+    assert!(org["created_at"].is_string() && org["uid"].is_string());
+
+    // The body exactly as bentoml 1.4 sends it: naive local time with microseconds.
+    let (s, created) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "ci", "description": null, "scopes": ["api"], "expired_at": "2099-01-02 03:04:05.000000",
+               "deployments": ["a"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    let value = created["token"].as_str().unwrap().to_owned();
+    let uid = created["uid"].as_str().unwrap().to_owned();
+    assert!(value.starts_with("bgt_"));
+    assert_eq!(created["expired_at"], "2099-01-02T03:04:05Z");
+    assert_eq!(created["is_organization_token"], true);
+    assert_eq!(created["is_expired"], false);
+    assert_eq!(created["deployments"], json!(["a"]));
+    for k in [
+        "created_at",
+        "updated_at",
+        "deleted_at",
+        "resource_type",
+        "labels",
+        "description",
+        "scopes",
+        "user",
+        "organization",
+        "last_used_at",
+        "is_global_access",
+        "is_api_token",
+    ] {
+        assert!(created.get(k).is_some(), "create answer lacks {k}");
+    }
+    // The new token works on the data plane at once.
+    assert_eq!(status(g.addr, "/", Some(&value)).await, StatusCode::OK);
+
+    let (s, got) = api(
+        &g,
+        "GET",
+        &format!("/api/v1/api_tokens/{uid}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["name"], "ci");
+    assert!(got.get("token").is_none(), "a value is shown only once");
+
+    let (s, list) = api(
+        &g,
+        "GET",
+        "/api/v1/api_tokens?start=0&count=100",
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["total"], 2);
+    assert_eq!(names(&list), ["ci", &format!("test-{admin_uid}")]);
+    assert!(!list.to_string().contains(&value) && !list.to_string().contains("sha256"));
+    let (_, found) = api(
+        &g,
+        "GET",
+        "/api/v1/api_tokens?search=ci",
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(names(&found), ["ci"]);
+    let (_, page) = api(
+        &g,
+        "GET",
+        "/api/v1/api_tokens?start=1&count=1",
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (
+            page["start"].as_u64(),
+            page["count"].as_u64(),
+            page["total"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
+
+    let (s, _) = api(
+        &g,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{uid}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "the client treats anything but 200 as failure"
+    );
+    // Deleted through the API: refused by this gateway before the API answered.
+    assert_eq!(
+        status(g.addr, "/", Some(&value)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = api(
+        &g,
+        "GET",
+        &format!("/api/v1/api_tokens/{uid}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api(
+        &g,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{uid}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // RFC 3339 too; a past time and an unknown scope are clear 400s.
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "r", "scopes": ["api"], "expired_at": "2099-01-02T03:04:05+02:00"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "p", "scopes": ["api"], "expired_at": "2001-01-01 00:00:00.000000"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(e["error"].as_str().unwrap().contains("past"), "{e}");
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "x", "scopes": ["root"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, e) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "none"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a token with no access: {e}");
+}
+
+#[tokio::test]
+async fn who_may_do_what_follows_the_scopes_and_roles() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    add_member(&g, "bob", false);
+    let scoped = |user: &'static str, scopes: Vec<Scope>| Grant {
+        scopes,
+        user: Some(user),
+        ..Grant::default()
+    };
+    let (_, ann) = add_token(&g.tokens, scoped("ann", vec![API, WRITE_ORG]));
+    let (_, ann_plain) = add_token(&g.tokens, scoped("ann", vec![API]));
+    let (_, bob) = add_token(&g.tokens, scoped("bob", vec![API, WRITE_ORG]));
+    let (_, endpoint_only) = add_token(&g.tokens, Grant::to(&["a"]));
+    let (_, monitoring_only) = add_token(
+        &g.tokens,
+        Grant {
+            monitoring: true,
+            ..Grant::default()
+        },
+    );
+    let (_, org_plain) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![API],
+            ..Grant::default()
+        },
+    );
+
+    // Unauthenticated and wrongly-scoped callers.
+    let a = request(&client(), "GET", g.admin, "/api/v1/api_tokens", &[], "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let (s, _) = api(
+        &g,
+        "GET",
+        "/api/v1/api_tokens",
+        "bgt_notarealtokenatallxxxxxxxxxxxxxxxxxx",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = api(&g, "GET", "/api/v1/api_tokens", &endpoint_only, Value::Null).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a protected-endpoint token has no API access"
+    );
+    let (s, _) = api(
+        &g,
+        "GET",
+        "/api/v1/api_tokens",
+        &monitoring_only,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a monitoring token has no API access"
+    );
+    // Authorization: Bearer works as well as X-YATAI-API-TOKEN.
+    let bearer = format!("Bearer {ann}");
+    let a = request(
+        &client(),
+        "GET",
+        g.admin,
+        "/api/v1/auth/current",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a.body.contains("ann@example.com"));
+
+    // Bob (a member) makes a personal token; he may not make an organization token.
+    let (s, mine) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &bob,
+        json!({"name": "bobs", "scopes": ["api"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(mine["is_organization_token"], false);
+    assert_eq!(mine["user"]["name"], "bob");
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &bob,
+        json!({"name": "o", "scopes": ["api"], "is_organization_token": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // An admin without write_organization on the presented token may not either.
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &ann_plain,
+        json!({"name": "o", "deployments": ["a"], "is_organization_token": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // No token may mint a scope it does not hold.
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &ann_plain,
+        json!({"name": "up", "scopes": ["api", "write_organization"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Ann (admin + write_organization) makes one.
+    let (s, org) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &ann,
+        json!({"name": "shared", "all_deployments": true, "is_organization_token": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(org["is_global_access"], true);
+    let org_uid = org["uid"].as_str().unwrap().to_owned();
+
+    // Bob sees his own personal tokens and every organization token, not Ann's personal ones.
+    let (_, list) = api(&g, "GET", "/api/v1/api_tokens", &bob, Value::Null).await;
+    let seen = names(&list);
+    assert!(
+        seen.contains(&"bobs".to_owned()) && seen.contains(&"shared".to_owned()),
+        "{seen:?}"
+    );
+    for t in list["items"].as_array().unwrap() {
+        assert!(
+            t["is_organization_token"] == true || t["user"]["name"] == "bob",
+            "bob must not see ann's personal tokens: {t}"
+        );
+    }
+    // ...and may not delete an organization token.
+    let (s, _) = api(
+        &g,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{org_uid}"),
+        &bob,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api(
+        &g,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{org_uid}"),
+        &org_plain,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "an organization token without write_organization"
+    );
+    let (s, _) = api(
+        &g,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{org_uid}"),
+        &ann,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // Bob deletes his own.
+    let bobs = mine["uid"].as_str().unwrap();
+    let (s, _) = api(
+        &g,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{bobs}"),
+        &bob,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Members: only admins change them; removing Bob kills his personal tokens at once.
+    let (s, _) = api(&g, "POST", "/api/v1/members", &bob, json!({"name": "eve"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api(&g, "POST", "/api/v1/members", &ann, json!({"name": "eve"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, removed) = api(&g, "DELETE", "/api/v1/members/bob", &ann, Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(removed["deleted_tokens"], 1);
+    let (s, _) = api(&g, "GET", "/api/v1/api_tokens", &bob, Value::Null).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "bob's token died with his membership"
+    );
+}
+
+#[tokio::test]
+async fn introspection_answers_rfc_7662_to_read_cluster_callers() {
+    let (_u, g) = control_gate("").await;
+    let (_, reader) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![Scope::ReadCluster],
+            ..Grant::default()
+        },
+    );
+    let (uid, value) = add_token(
+        &g.tokens,
+        Grant {
+            deployments: vec!["a", "b"],
+            scopes: vec![API],
+            expired_at: Some(4_000_000_000),
+            ..Grant::default()
+        },
+    );
+    let form = format!("token={value}");
+    let ask = |caller: Option<String>, body: String| {
+        let admin = g.admin;
+        async move {
+            let headers: Vec<(&str, &str)> = caller
+                .iter()
+                .map(|c| ("x-yatai-api-token", c.as_str()))
+                .chain([("content-type", "application/x-www-form-urlencoded")])
+                .collect();
+            let a = request(&client(), "POST", admin, "/v1/introspect", &headers, &body).await;
+            (a.status, serde_json::from_str::<Value>(&a.body).unwrap())
+        }
+    };
+    let (s, _) = ask(None, form.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = ask(Some(value.clone()), form.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the caller needs read_cluster");
+    let (s, a) = ask(Some(reader.clone()), form).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(a["active"], true);
+    assert_eq!(a["client_id"], uid.as_str());
+    assert_eq!(a["scope"], "api");
+    assert_eq!(a["aud"], json!(["a", "b"]));
+    assert_eq!(a["exp"], 4_000_000_000i64);
+    assert_eq!(a["sub"], "admin");
+    assert!(!a.to_string().contains(&value));
+    let (s, a) = ask(
+        Some(reader.clone()),
+        "token=bgt_unknownunknownunknownunknownxxxxxxxxx".into(),
+    )
+    .await;
+    assert_eq!((s, a), (StatusCode::OK, json!({"active": false})));
+    let (s, _) = ask(Some(reader), "nothing=here".into()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn last_use_is_recorded_in_batches_and_flushed_on_shutdown() {
+    let (_u, g) = control_gate("").await;
+    let (uid, value) = add_token(
+        &g.tokens,
+        Grant {
+            deployments: vec!["a"],
+            scopes: vec![API],
+            ..Grant::default()
+        },
+    );
+    let (_, before) = api(
+        &g,
+        "GET",
+        &format!("/api/v1/api_tokens/{uid}"),
+        &value,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(before["last_used_at"], Value::Null);
+    for _ in 0..50 {
+        assert_eq!(status(g.addr, "/", Some(&value)).await, StatusCode::OK);
+    }
+    // usage_flush is 200ms here: the API shows the use well within a second.
+    eventually(Duration::from_secs(3), || async {
+        let (_, t) = api(
+            &g,
+            "GET",
+            &format!("/api/v1/api_tokens/{uid}"),
+            &value,
+            Value::Null,
+        )
+        .await;
+        t["last_used_at"].is_string()
+    })
+    .await;
+
+    // A long interval: only the flush at shutdown can write the use.
+    let u = upstream().await;
+    let g = gate(&format!(
+        "tokens:\n  usage_flush: 1h\ndeployments:\n{}",
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+    let (uid, value) = add_token(&g.tokens, Grant::to(&["a"]));
+    until_status(g.addr, "/", Some(&value), StatusCode::OK).await;
+    let file = g.tokens.clone();
+    let last_used = |file: &std::path::Path| {
+        let text = std::fs::read_to_string(file).unwrap();
+        let f = bentogate::store::TokenFile::parse(&text, file).unwrap();
+        f.tokens.iter().find(|t| t.uid == uid).unwrap().last_used_at
+    };
+    assert_eq!(last_used(&file), None, "no write per request");
+    g.running.stop().await;
+    assert!(
+        last_used(&file).is_some(),
+        "the shutdown flush wrote the last use"
+    );
+}
+
+/// A sidecar on the `introspect` source in front of an upstream, asking a control plane that
+/// holds the token file.
+#[tokio::test]
+async fn a_sidecar_asks_the_control_plane_and_fails_closed_without_it() {
+    let (_u, cp) = control_gate("").await;
+    let (_, admin) = add_token(
+        &cp.tokens,
+        Grant {
+            scopes: vec![API, WRITE_ORG, Scope::ReadCluster],
+            ..Grant::default()
+        },
+    );
+    let (_, reader) = add_token(
+        &cp.tokens,
+        Grant {
+            scopes: vec![Scope::ReadCluster],
+            ..Grant::default()
+        },
+    );
+    let u = upstream().await;
+    let sidecar = gate(&format!(
+        "tokens:\n  source: introspect\n  cache: {{ ttl: 1s, negative_ttl: 1s }}\n  introspect: {{ url: \"http://{}/v1/introspect\", token: \"{reader}\", stale_if_error: 60s }}\ndeployments:\n{}",
+        cp.admin,
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+    assert_eq!(status(sidecar.admin, "/readyz", None).await, StatusCode::OK);
+    // The sidecar holds no store: its API says where tokens are managed.
+    let (s, e) = api(&sidecar, "GET", "/api/v1/api_tokens", &admin, Value::Null).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(e["error"].as_str().unwrap().contains("introspect"));
+
+    // Create on the control plane, use through the sidecar.
+    let (_, created) = api(
+        &cp,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "svc", "deployments": ["a"]}),
+    )
+    .await;
+    let value = created["token"].as_str().unwrap().to_owned();
+    let uid = created["uid"].as_str().unwrap().to_owned();
+    let (_, other) = api(
+        &cp,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "elsewhere", "deployments": ["b"]}),
+    )
+    .await;
+    assert_eq!(
+        status(sidecar.addr, "/", Some(&value)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(sidecar.addr, "/", Some(other["token"].as_str().unwrap())).await,
+        StatusCode::FORBIDDEN,
+        "the sidecar applies the deployments the control plane reported"
+    );
+
+    // Concurrent first uses of one token make one remote lookup.
+    let (_, fresh) = api(
+        &cp,
+        "POST",
+        "/api/v1/api_tokens",
+        &admin,
+        json!({"name": "burst", "deployments": ["a"]}),
+    )
+    .await;
+    let fresh = fresh["token"].as_str().unwrap().to_owned();
+    let lookups = |m: &str| metric(m, "bentogate_token_source_lookups_total");
+    let before = lookups(&metrics(sidecar.admin).await);
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, v) = (sidecar.addr, fresh.clone());
+            tokio::spawn(async move { status(addr, "/", Some(&v)).await })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.await.unwrap(), StatusCode::OK);
+    }
+    let after = lookups(&metrics(sidecar.admin).await);
+    assert_eq!(after - before, 1.0, "16 concurrent misses, one lookup");
+
+    // Delete on the control plane: the sidecar refuses it within its TTL (1 s).
+    let (s, _) = api(
+        &cp,
+        "DELETE",
+        &format!("/api/v1/api_tokens/{uid}"),
+        &admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let took = until_status(sidecar.addr, "/", Some(&value), StatusCode::UNAUTHORIZED).await;
+    assert!(
+        took <= Duration::from_millis(1500),
+        "revocation took {took:?}"
+    );
+
+    // Control plane down: the recently seen token keeps passing (stale-if-error), an unknown
+    // one fails closed, /readyz says so, and metrics count it.
+    assert_eq!(
+        status(sidecar.addr, "/", Some(&fresh)).await,
+        StatusCode::OK
+    );
+    cp.running.stop().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // let the 1 s TTL lapse: stale only
+    assert_eq!(
+        status(sidecar.addr, "/", Some(&fresh)).await,
+        StatusCode::OK
+    );
+    let never_issued = bentogate::token::Secret::generate().unwrap();
+    let unknown = never_issued.expose();
+    let a = send(
+        &client(),
+        sidecar.addr,
+        "/",
+        &[("authorization", &format!("Bearer {unknown}"))],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.body.contains("unreachable"), "{}", a.body);
+    until_status(
+        sidecar.admin,
+        "/readyz",
+        None,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    let m = metrics(sidecar.admin).await;
+    assert!(
+        metric(&m, "bentogate_token_source_stale_hits_total") >= 1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "bentogate_token_source_failures_total") >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "bentogate_requests_total{deployment=\"a\",outcome=\"source_unavailable\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+}
