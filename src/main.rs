@@ -19,12 +19,22 @@ fn main() -> ExitCode {
             Err(e) => fail(2, &e.to_string()),
         },
         Command::Check(arg) => check(arg.config.as_deref()),
-        Command::Token { command, common } => with_token_file(&common, |file, out| {
-            cli::token(command, file, common.output, out)
-        }),
-        Command::Member { command, common } => with_token_file(&common, |file, out| {
-            cli::member(command, file, common.output, out)
-        }),
+        Command::Token { command, common } => match common.endpoint() {
+            Some(endpoint) => with_remote(&endpoint, |remote, out| {
+                remote.token(command, common.output, out)
+            }),
+            None => with_token_file(&common, |file, out| {
+                cli::token(command, file, common.output, out)
+            }),
+        },
+        Command::Member { command, common } => match common.endpoint() {
+            Some(endpoint) => with_remote(&endpoint, |remote, out| {
+                remote.member(command, common.output, out)
+            }),
+            None => with_token_file(&common, |file, out| {
+                cli::member(command, file, common.output, out)
+            }),
+        },
     }
 }
 
@@ -48,6 +58,20 @@ fn with_token_file(
     }
 }
 
+fn with_remote(
+    endpoint: &str,
+    run: impl FnOnce(&cli::remote::Remote, &mut dyn Write) -> Result<(), cli::CliError>,
+) -> ExitCode {
+    let outcome = cli::remote::Remote::new(endpoint).and_then(|remote| {
+        let mut out = std::io::stdout().lock();
+        run(&remote, &mut out)
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+    }
+}
+
 fn check(path: Option<&std::path::Path>) -> ExitCode {
     let config = match cli::load_config(path) {
         Ok(c) => c,
@@ -55,6 +79,15 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
     };
     let file = &config.tokens.file;
     let tokens = match std::fs::read_to_string(file) {
+        _ if config.tokens.introspect.is_some() => format!(
+            "tokens from {}",
+            config
+                .tokens
+                .introspect
+                .as_ref()
+                .map(|i| i.url.to_string())
+                .unwrap_or_default()
+        ),
         Ok(text) => match TokenFile::parse(&text, file) {
             Ok(f) => format!("{} tokens in {}", f.tokens.len(), file.display()),
             Err(e) => return fail(2, &e.to_string()),

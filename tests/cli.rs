@@ -487,3 +487,177 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
         Some(0)
     );
 }
+
+/// Runs the CLI as a remote client of `admin`, with `key` in BENTO_CLOUD_API_KEY.
+fn remote(dir: &Path, admin: SocketAddr, key: &str, args: &[&str]) -> Output {
+    bin()
+        .current_dir(dir)
+        .args(args)
+        .args(["--endpoint", &format!("http://{admin}")])
+        .env_remove("BENTOGATE_CONFIG")
+        .env_remove("BENTO_CLOUD_API_ENDPOINT")
+        .env("BENTO_CLOUD_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited() {
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = write_config(d, u.addr, "log: {format: json, access: false}\n");
+    // Bootstrap with the local CLI: an organization token that may administer.
+    let boot = run(
+        d,
+        &[
+            "token",
+            "create",
+            "boot",
+            "--scope",
+            "api",
+            "--scope",
+            "write_organization",
+            "--config",
+            &config,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let key: serde_json::Value = serde_json::from_str(&stdout(&boot)).unwrap();
+    let key = key["token"].as_str().unwrap().to_owned();
+    let mut s = serve(&config);
+
+    let created = remote(
+        d,
+        s.admin,
+        &key,
+        &[
+            "token",
+            "create",
+            "remote",
+            "--deployment",
+            "a",
+            "--expires",
+            "30d",
+            "--description",
+            "via API",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&created)).unwrap();
+    let value = v["token"].as_str().unwrap().to_owned();
+    let uid = v["uid"].as_str().unwrap().to_owned();
+    assert_eq!(v["deployments"], serde_json::json!(["a"]));
+    assert_eq!(status(s.proxy, "/", Some(&value)).await, StatusCode::OK);
+
+    // The same record prints the same, remote or local.
+    let remote_get = remote(d, s.admin, &key, &["token", "get", &uid, "-o", "json"]);
+    let local_get = run(
+        d,
+        &["token", "get", &uid, "--config", &config, "-o", "json"],
+    );
+    assert!(remote_get.status.success(), "{}", stderr(&remote_get));
+    assert_eq!(stdout(&remote_get), stdout(&local_get));
+    assert!(!stdout(&remote_get).contains(&value));
+    let table = remote(d, s.admin, &key, &["token", "list", "--search", "rem"]);
+    assert!(
+        stdout(&table).contains("remote") && !stdout(&table).contains("boot"),
+        "{}",
+        stdout(&table)
+    );
+    // BENTO_CLOUD_API_ENDPOINT works instead of --endpoint.
+    let by_env = bin()
+        .current_dir(d)
+        .args(["token", "list", "-o", "json"])
+        .env_remove("BENTOGATE_CONFIG")
+        .env("BENTO_CLOUD_API_ENDPOINT", format!("http://{}", s.admin))
+        .env("BENTO_CLOUD_API_KEY", &key)
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&by_env)).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    for args in [
+        &["member", "add", "ann", "--email", "ann@example.com"][..],
+        &["member", "promote", "ann"][..],
+    ] {
+        let o = remote(d, s.admin, &key, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let members = remote(d, s.admin, &key, &["member", "list", "-o", "json"]);
+    assert!(
+        stdout(&members).contains("\"admin\""),
+        "{}",
+        stdout(&members)
+    );
+    let deleted = remote(d, s.admin, &key, &["token", "delete", &uid]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(
+        status(s.proxy, "/", Some(&value)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let gone = remote(d, s.admin, &key, &["token", "get", &uid]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(stderr(&gone).contains("no token"), "{}", stderr(&gone));
+    let removed = remote(d, s.admin, &key, &["member", "remove", "ann"]);
+    assert!(removed.status.success());
+
+    // Refusals: a missing key is a usage error (2); a dead one is a runtime failure (1).
+    let no_key = bin()
+        .current_dir(d)
+        .args([
+            "token",
+            "list",
+            "--endpoint",
+            &format!("http://{}", s.admin),
+        ])
+        .env_remove("BENTO_CLOUD_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(no_key.status.code(), Some(2));
+    assert!(stderr(&no_key).contains("BENTO_CLOUD_API_KEY"));
+    let bad = remote(
+        d,
+        s.admin,
+        "bgt_wrongwrongwrongwrongwrongwrongwrong1",
+        &["token", "list"],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("401"), "{}", stderr(&bad));
+    let import = remote(d, s.admin, &key, &["token", "import", "x.yaml"]);
+    assert_eq!(import.status.code(), Some(2));
+
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    let lines: Vec<String> = s.lines.try_iter().collect();
+    let all = lines.join("\n");
+    assert!(
+        !all.contains(&value) && !all.contains(&key),
+        "a token value reached the log"
+    );
+    let audit: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "bentogate::audit")
+        .collect();
+    let find = |action: &str, outcome: &str| {
+        audit
+            .iter()
+            .find(|a| a["action"] == action && a["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no audit line for {action} {outcome}:\n{all}"))
+            .clone()
+    };
+    let made = find("token.create", "done");
+    assert_eq!(made["subject"], uid.as_str());
+    assert_eq!(made["actor"], "admin");
+    assert!(made["actor_uid"].is_string());
+    assert_eq!(find("token.delete", "done")["subject"], uid.as_str());
+    assert_eq!(find("member.add", "done")["subject"], "ann");
+    assert_eq!(find("member.promote", "done")["subject"], "ann");
+    assert_eq!(find("member.remove", "done")["subject"], "ann");
+    find("authorize", "refused");
+}

@@ -1,10 +1,12 @@
 //! The command line: `serve`, `check`, `token` and `member`.
 //!
-//! Owns argument parsing (clap) and the token and member commands against the local token file.
+//! Owns argument parsing (clap) and the token and member commands, against the local token file
+//! or, with `--endpoint`, a remote control plane ([`remote`]).
 //! Token values are printed once, by `token create`; nothing else here ever sees one, except
 //! `token import`, which digests what it reads and forgets it.
 
 mod output;
+pub mod remote;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,9 @@ use serde::Deserialize;
 
 use crate::clock;
 use crate::config::{Config, ConfigError};
+use crate::control::{apply_member_change, matches_search, ControlError, MemberChange};
 use crate::store::file::update;
-use crate::store::{Member, Role, StoreError, TokenFile};
+use crate::store::{StoreError, TokenFile};
 use crate::token::{self, Digest, OwnerKind, Scope, Scopes, Secret, Token};
 pub use output::Output;
 
@@ -72,6 +75,26 @@ pub struct Common {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// A remote control plane (a bentogate admin listener, http://HOST:9901) instead of the local
+    /// token file; the caller's token comes from BENTO_CLOUD_API_KEY. Without --config,
+    /// BENTO_CLOUD_API_ENDPOINT sets it too.
+    #[arg(long, global = true, conflicts_with = "config")]
+    pub endpoint: Option<String>,
+}
+
+impl Common {
+    /// The control plane to call, if the command is remote: `--endpoint`, else
+    /// `BENTO_CLOUD_API_ENDPOINT` unless a config was named (an explicit local file wins).
+    pub fn endpoint(&self) -> Option<String> {
+        self.endpoint.clone().or_else(|| {
+            if self.config.is_some() {
+                return None;
+            }
+            std::env::var(remote::ENDPOINT_ENV)
+                .ok()
+                .filter(|e| !e.trim().is_empty())
+        })
+    }
 }
 
 /// Token commands.
@@ -173,6 +196,9 @@ pub enum CliError {
     /// The token file could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The remote control plane refused or could not be reached.
+    #[error("{0}")]
+    Remote(String),
     /// The thing named does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -186,7 +212,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) | CliError::Config(_) => 2,
-            CliError::Store(_) | CliError::NotFound(_) | CliError::Io(_) => 1,
+            CliError::Store(_) | CliError::NotFound(_) | CliError::Io(_) | CliError::Remote(_) => 1,
         }
     }
 }
@@ -266,12 +292,6 @@ fn no_token(uid: &str) -> CliError {
     CliError::NotFound(format!(
         "no token with uid `{uid}`; `bentogate token list` shows them"
     ))
-}
-
-fn matches_search(t: &Token, s: &str) -> bool {
-    t.name.contains(s)
-        || t.uid.contains(s)
-        || t.description.as_deref().is_some_and(|d| d.contains(s))
 }
 
 fn read(file: &Path) -> Result<TokenFile, CliError> {
@@ -438,67 +458,33 @@ pub fn member(
     format: Output,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    match command {
-        MemberCommand::Add { name, email, admin } => {
-            let role = if admin { Role::Admin } else { Role::Member };
-            let added = update(file, |f| {
-                if f.member(&name).is_some() {
-                    return Ok(false);
-                }
-                f.members.push(Member {
-                    name: name.clone(),
-                    email,
-                    role,
-                    active: true,
-                });
-                Ok(true)
-            })?;
-            if !added {
-                return Err(CliError::Usage(format!("member `{name}` exists already")));
-            }
-            output::message(out, format, &format!("added member {name}"))?;
-        }
-        MemberCommand::Remove { name } => {
-            let killed = update(file, |f| {
-                let Some(i) = f.members.iter().position(|m| m.name == name) else {
-                    return Ok(None);
-                };
-                f.members.remove(i);
-                let before = f.tokens.len();
-                f.tokens
-                    .retain(|t| !(t.kind == OwnerKind::Personal && t.user == name));
-                Ok(Some(before - f.tokens.len()))
-            })?
-            .ok_or_else(|| {
-                CliError::NotFound(format!(
-                    "no member `{name}`; `bentogate member list` shows them"
-                ))
-            })?;
-            output::message(
-                out,
-                format,
-                &format!("removed member {name} and deleted {killed} personal tokens"),
-            )?;
-        }
-        MemberCommand::Promote { name } => {
-            let found = update(file, |f| {
-                Ok(f.members
-                    .iter_mut()
-                    .find(|m| m.name == name)
-                    .map(|m| m.role = Role::Admin)
-                    .is_some())
-            })?;
-            if !found {
-                return Err(CliError::NotFound(format!(
-                    "no member `{name}`; add one with `bentogate member add {name}`"
-                )));
-            }
-            output::message(out, format, &format!("{name} is now an admin"))?;
-        }
+    let change = match command {
+        MemberCommand::Add { name, email, admin } => MemberChange::Add { name, email, admin },
+        MemberCommand::Remove { name } => MemberChange::Remove { name },
+        MemberCommand::Promote { name } => MemberChange::Promote { name },
         MemberCommand::List => {
             let f = read(file)?;
             output::members(out, format, &f.members)?;
+            return Ok(());
         }
-    }
+    };
+    let said = match &change {
+        MemberChange::Add { name, .. } => format!("added member {name}"),
+        MemberChange::Remove { name } => format!("removed member {name}"),
+        MemberChange::Promote { name } => format!("{name} is now an admin"),
+    };
+    let removal = matches!(change, MemberChange::Remove { .. });
+    let killed = update(file, |f| Ok(apply_member_change(f, change)))?.map_err(|e| match e {
+        ControlError::NotFound(m) => {
+            CliError::NotFound(format!("{m}; `bentogate member list` shows them"))
+        }
+        other => CliError::Usage(other.to_string()),
+    })?;
+    let said = if removal {
+        format!("{said} and deleted {killed} personal tokens")
+    } else {
+        said
+    };
+    output::message(out, format, &said)?;
     Ok(())
 }
