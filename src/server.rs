@@ -117,7 +117,7 @@ impl App {
                 (Some(file), validator)
             }
             Some(remote) => {
-                let remote = Arc::new(IntrospectSource::new(remote.clone()));
+                let remote = Arc::new(IntrospectSource::new(remote.clone(), Arc::clone(&metrics)));
                 let validator =
                     Validator::introspecting(&config.tokens, remote, Arc::clone(&metrics));
                 (None, validator)

@@ -186,6 +186,11 @@ impl Validator {
             }
         }
         self.metrics.cache_misses.inc();
+        if !remote.is_reachable() {
+            // Known to be away (the last call or probe failed): answer now from what is cached
+            // rather than make every request wait for a timeout; the probe notices the return.
+            return self.stale_or_closed(cached, now);
+        }
         let cell = {
             let Ok(mut inflight) = self.inflight.lock() else {
                 return Verdict::Unavailable;
@@ -212,10 +217,8 @@ impl Validator {
                         );
                         Ok(token)
                     }
-                    Err(_) => {
-                        self.metrics.source_failures.inc();
-                        Err(())
-                    }
+                    // Counted in source failures by the source itself (probes fail there too).
+                    Err(_) => Err(()),
                 }
             })
             .await
@@ -227,15 +230,19 @@ impl Validator {
         }
         match outcome {
             Ok(token) => verdict(token, now),
-            // Unreachable: a positive seen within TTL + stale-if-error keeps passing (moka has
-            // already dropped older ones); anything else fails closed.
-            Err(()) => match cached {
-                Some(Entry { token: Some(t), .. }) => {
-                    self.metrics.source_stale_hits.inc();
-                    verdict(Some(t), now)
-                }
-                _ => Verdict::Unavailable,
-            },
+            Err(()) => self.stale_or_closed(cached, now),
+        }
+    }
+
+    /// While the remote source is unreachable: a positive seen within TTL + stale-if-error
+    /// keeps passing (moka has already dropped older ones); anything else fails closed.
+    fn stale_or_closed(&self, cached: Option<Entry>, now: UnixSeconds) -> Verdict {
+        match cached {
+            Some(Entry { token: Some(t), .. }) => {
+                self.metrics.source_stale_hits.inc();
+                verdict(Some(t), now)
+            }
+            _ => Verdict::Unavailable,
         }
     }
 

@@ -683,11 +683,17 @@ async fn a_sidecar_asks_the_control_plane_and_fails_closed_without_it() {
         StatusCode::OK
     );
     cp.running.stop().await;
-    tokio::time::sleep(Duration::from_millis(1100)).await; // let the 1 s TTL lapse: stale only
-    assert_eq!(
-        status(sidecar.addr, "/", Some(&fresh)).await,
-        StatusCode::OK
-    );
+    // Once the 1 s TTL has lapsed the token can only pass as a stale entry: keep calling until
+    // a stale hit is counted, every call answered 200.
+    eventually(Duration::from_secs(5), || async {
+        assert_eq!(
+            status(sidecar.addr, "/", Some(&fresh)).await,
+            StatusCode::OK
+        );
+        let m = metrics(sidecar.admin).await;
+        metric(&m, "bentogate_token_source_stale_hits_total") >= 1.0
+    })
+    .await;
     let never_issued = bentogate::token::Secret::generate().unwrap();
     let unknown = never_issued.expose();
     let a = send(

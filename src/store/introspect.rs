@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use crate::config::IntrospectConfig;
+use crate::metrics::Metrics;
 use crate::token::{Digest, OwnerKind, Scopes, Token};
 
 /// Why an introspection call gave no answer (the token's status is then unknown).
@@ -41,6 +42,7 @@ pub struct IntrospectSource {
     client: Client<HttpConnector, Full<Bytes>>,
     reachable: AtomicBool,
     last_error: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +77,8 @@ enum Aud {
 
 impl IntrospectSource {
     /// A source asking `config.url`; nothing is called until the first lookup or probe.
-    pub fn new(config: IntrospectConfig) -> IntrospectSource {
+    /// Failed calls, probes included, count in `metrics`' source failures.
+    pub fn new(config: IntrospectConfig, metrics: Arc<Metrics>) -> IntrospectSource {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout));
@@ -87,6 +90,7 @@ impl IntrospectSource {
             client,
             reachable: AtomicBool::new(true),
             last_error: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -119,7 +123,10 @@ impl IntrospectSource {
         let outcome = self.call(value, digest).await;
         let (reachable, error) = match &outcome {
             Ok(_) => (true, None),
-            Err(e) => (false, Some(e.to_string())),
+            Err(e) => {
+                self.metrics.source_failures.inc();
+                (false, Some(e.to_string()))
+            }
         };
         if self.reachable.swap(reachable, Ordering::AcqRel) != reachable {
             match &error {
