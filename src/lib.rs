@@ -6,12 +6,13 @@
 //!
 //! ```text
 //! main.rs (bin)   command line, tracing, runtime; calls server::run or cli
-//! cli/            token and member commands against the local token file
+//! cli/            token and member commands, local (token file) or remote (--endpoint)
 //! server.rs       listeners, accept loop, limits, graceful shutdown
-//! admin.rs        /healthz /readyz /metrics on the admin listener
+//! admin.rs        /healthz /readyz /metrics on the admin listener; routes control-plane paths
+//! control/        control plane: permission rules, BentoCloud token API, /v1/introspect
 //! proxy/          the request pipeline in phase order: route, authorize, rewrite, forward, respond
 //! validator.rs    moka cache in front of a token source
-//! store/          token sources (file) and the token file format
+//! store/          token sources (file, introspect client) and the token file format
 //! route.rs        host + longest-prefix route table
 //! auth.rs         Bearer parsing and the policy decision, pure functions
 //! metrics.rs      the metrics struct on an explicit registry
@@ -20,7 +21,8 @@
 //! clock.rs        Unix seconds and timestamp formats
 //! ```
 //!
-//! The rule: nothing here logs, formats or returns a token value, except the creation path in `cli`.
+//! The rule: nothing here logs, formats or returns a token value, except the creation paths in
+//! `cli` and `control::api` (the create response).
 
 pub mod admin;
 pub mod auth;
