@@ -122,15 +122,7 @@ impl Admin {
             }
             self.introspection.handle(&parts.headers, body).await
         } else {
-            self.api
-                .handle(
-                    &parts.method,
-                    parts.uri.path(),
-                    parts.uri.query(),
-                    &parts.headers,
-                    body,
-                )
-                .await
+            self.api.handle(&parts, body).await
         };
         json(status, value.to_string())
     }

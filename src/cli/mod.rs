@@ -302,11 +302,12 @@ fn read(file: &Path) -> Result<TokenFile, CliError> {
     }
 }
 
-fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
-    let now = clock::now();
-    let expired_at = args
-        .expires
-        .as_deref()
+/// Reads `--expires` (a duration from `now` or an absolute time), refusing the past.
+pub(crate) fn expiry(
+    expires: Option<&str>,
+    now: clock::UnixSeconds,
+) -> Result<Option<clock::UnixSeconds>, CliError> {
+    let expired_at = expires
         .map(|e| clock::parse_expiry(e, now))
         .transpose()
         .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
@@ -315,6 +316,12 @@ fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
             "--expires is in the past; give a future time or a duration like 30d".into(),
         ));
     }
+    Ok(expired_at)
+}
+
+fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
+    let now = clock::now();
+    let expired_at = expiry(args.expires.as_deref(), now)?;
     let scopes = Scopes::from_slice(&args.scopes);
     if scopes.is_empty() && args.deployments.is_empty() && !args.all_deployments && !args.monitoring
     {

@@ -188,12 +188,7 @@ impl Remote {
     }
 
     fn create_body(&self, args: CreateArgs, now: clock::UnixSeconds) -> Result<Value, CliError> {
-        let expired_at = args
-            .expires
-            .as_deref()
-            .map(|e| clock::parse_expiry(e, now))
-            .transpose()
-            .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+        let expired_at = super::expiry(args.expires.as_deref(), now)?;
         let organization = if args.org {
             Some(true)
         } else if let Some(user) = &args.user {

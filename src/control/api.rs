@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -45,28 +46,20 @@ impl Api {
     }
 
     /// Serves one `/api/v1/...` request.
-    pub async fn handle(
-        &self,
-        method: &Method,
-        path: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Answer {
-        match self.serve(method, path, query, headers, body).await {
+    pub async fn handle(&self, parts: &Parts, body: Bytes) -> Answer {
+        match self.serve(parts, body).await {
             Ok(answer) => answer,
             Err(e) => (e.status(), json!({ "error": e.to_string() })),
         }
     }
 
-    async fn serve(
-        &self,
-        method: &Method,
-        path: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<Answer, ControlError> {
+    async fn serve(&self, parts: &Parts, body: Bytes) -> Result<Answer, ControlError> {
+        let (method, path, query, headers) = (
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            &parts.headers,
+        );
         let Some(store) = self.store.clone() else {
             return Err(ControlError::Unavailable(
                 "this bentogate holds no token store (tokens.source: introspect); manage tokens on its control plane".into(),
