@@ -89,11 +89,13 @@ impl Api {
             (Method::GET, ["api_tokens"]) => {
                 let q = ListQuery::parse(query)?;
                 blocking(Box::new(move |s| {
-                    let (total, items) = s.list(&caller, q.search.as_deref(), q.start, q.count)?;
                     let file = s.read()?;
+                    let (total, items) =
+                        Store::list(&caller, &file, q.search.as_deref(), q.start, q.count);
+                    let view = View::new(&file);
                     let now = clock::now();
                     let items: Vec<Value> =
-                        items.iter().map(|t| token_json(t, &file, now)).collect();
+                        items.into_iter().map(|t| view.token(t, now)).collect();
                     Ok((
                         StatusCode::OK,
                         json!({ "start": q.start, "count": items.len(), "total": total, "items": items }),
@@ -110,7 +112,7 @@ impl Api {
                         Err(e) => return Err(audit_failure(&caller, "token.create", &name, e)),
                     };
                     tracing::info!(target: "bentogate::audit", action = "token.create", actor = caller.user(), actor_uid = %caller.token.uid, subject = %record.uid, name = %record.name, outcome = "done", "control-plane change");
-                    let mut body = token_json(&record, &s.read()?, clock::now());
+                    let mut body = View::new(&s.read()?).token(&record, clock::now());
                     body["token"] = Value::String(secret.expose().to_owned());
                     Ok((StatusCode::OK, body))
                 }))
@@ -119,8 +121,9 @@ impl Api {
             (Method::GET, ["api_tokens", uid]) => {
                 let uid = (*uid).to_owned();
                 blocking(Box::new(move |s| {
-                    let t = s.get(&caller, &uid)?;
-                    Ok((StatusCode::OK, token_json(&t, &s.read()?, clock::now())))
+                    let file = s.read()?;
+                    let t = Store::get(&caller, &file, &uid)?;
+                    Ok((StatusCode::OK, View::new(&file).token(t, clock::now())))
                 }))
                 .await
             }
@@ -129,7 +132,10 @@ impl Api {
                 blocking(Box::new(move |s| {
                     let outcome = s.delete(&caller, &uid);
                     let t = audited(&caller, "token.delete", &uid, outcome)?;
-                    Ok((StatusCode::OK, token_json(&t, &s.read()?, clock::now())))
+                    Ok((
+                        StatusCode::OK,
+                        View::new(&s.read()?).token(&t, clock::now()),
+                    ))
                 }))
                 .await
             }
@@ -412,31 +418,46 @@ fn user_json(caller: &Caller, file: &TokenFile) -> Value {
     user_value(caller.user(), file.member(caller.user()))
 }
 
-/// A token in the client's ApiTokenSchema, with bentogate's access fields beside it. Never the
-/// value or the digest.
-pub fn token_json(t: &Token, file: &TokenFile, now: UnixSeconds) -> Value {
-    json!({
-        "uid": t.uid,
-        "created_at": clock::format(t.created_at),
-        "updated_at": clock::format(t.updated_at),
-        "deleted_at": null,
-        "name": t.name,
-        "resource_type": "api_token",
-        "labels": [],
-        "description": t.description.clone().unwrap_or_default(),
-        "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        "user": user_value(&t.user, file.member(&t.user)),
-        "organization": org_json(file),
-        "expired_at": t.expired_at.map(clock::format),
-        "last_used_at": t.last_used_at.map(clock::format),
-        "is_expired": t.is_expired(now),
-        "is_api_token": true,
-        "is_organization_token": t.kind == OwnerKind::Organization,
-        "is_global_access": t.all_deployments,
-        "deployments": t.deployments,
-        "all_deployments": t.all_deployments,
-        "monitoring": t.monitoring,
-    })
+/// Renders tokens of one file: the organization object is built once per answer, not per token.
+struct View<'f> {
+    file: &'f TokenFile,
+    org: Value,
+}
+
+impl<'f> View<'f> {
+    fn new(file: &'f TokenFile) -> View<'f> {
+        View {
+            file,
+            org: org_json(file),
+        }
+    }
+
+    /// A token in the client's ApiTokenSchema, with bentogate's access fields beside it. Never
+    /// the value or the digest.
+    fn token(&self, t: &Token, now: UnixSeconds) -> Value {
+        json!({
+            "uid": t.uid,
+            "created_at": clock::format(t.created_at),
+            "updated_at": clock::format(t.updated_at),
+            "deleted_at": null,
+            "name": t.name,
+            "resource_type": "api_token",
+            "labels": [],
+            "description": t.description.clone().unwrap_or_default(),
+            "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "user": user_value(&t.user, self.file.member(&t.user)),
+            "organization": self.org,
+            "expired_at": t.expired_at.map(clock::format),
+            "last_used_at": t.last_used_at.map(clock::format),
+            "is_expired": t.is_expired(now),
+            "is_api_token": true,
+            "is_organization_token": t.kind == OwnerKind::Organization,
+            "is_global_access": t.all_deployments,
+            "deployments": t.deployments,
+            "all_deployments": t.all_deployments,
+            "monitoring": t.monitoring,
+        })
+    }
 }
 
 #[cfg(test)]

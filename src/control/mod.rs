@@ -177,32 +177,34 @@ impl Store {
         Ok(Caller { token, member })
     }
 
-    /// The tokens the caller may see, filtered by `search` (name, uid or description), newest
-    /// first: the total and the page `start..start+count`.
-    pub fn list(
-        &self,
+    /// The tokens in `file` the caller may see, filtered by `search` (name, uid or description),
+    /// newest first: the total and the page `start..start+count`.
+    pub fn list<'f>(
         caller: &Caller,
+        file: &'f TokenFile,
         search: Option<&str>,
         start: usize,
         count: usize,
-    ) -> Result<(usize, Vec<Token>), ControlError> {
-        let file = self.read()?;
-        let mut hits: Vec<Token> = file
+    ) -> (usize, Vec<&'f Token>) {
+        let mut hits: Vec<&Token> = file
             .tokens
-            .into_iter()
+            .iter()
             .filter(|t| caller.sees(t) && search.is_none_or(|s| matches_search(t, s)))
             .collect();
         hits.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.uid.cmp(&b.uid)));
         let total = hits.len();
         let page = hits.into_iter().skip(start).take(count).collect();
-        Ok((total, page))
+        (total, page)
     }
 
-    /// One token the caller may see.
-    pub fn get(&self, caller: &Caller, uid: &str) -> Result<Token, ControlError> {
-        self.read()?
-            .tokens
-            .into_iter()
+    /// One token in `file` the caller may see.
+    pub fn get<'f>(
+        caller: &Caller,
+        file: &'f TokenFile,
+        uid: &str,
+    ) -> Result<&'f Token, ControlError> {
+        file.tokens
+            .iter()
             .find(|t| t.uid == uid && caller.sees(t))
             .ok_or_else(|| no_token(uid))
     }
