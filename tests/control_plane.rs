@@ -551,6 +551,17 @@ async fn last_use_is_recorded_in_batches_and_flushed_on_shutdown() {
         t["last_used_at"].is_string()
     })
     .await;
+    // The CLI shows it too.
+    let mut out = Vec::new();
+    bentogate::cli::token(
+        bentogate::cli::TokenCommand::Get { uid: uid.clone() },
+        &g.tokens,
+        bentogate::cli::Output::Json,
+        &mut out,
+    )
+    .unwrap();
+    let shown: Value = serde_json::from_slice(&out).unwrap();
+    assert!(shown["last_used_at"].is_string(), "{shown}");
 
     // A long interval: only the flush at shutdown can write the use.
     let u = upstream().await;
