@@ -737,3 +737,49 @@ async fn a_sidecar_asks_the_control_plane_and_fails_closed_without_it() {
         "{m}"
     );
 }
+
+/// The sidecar's cache: a negative answer lasts the negative TTL (a token added on the control
+/// plane passes soon after), and a cached positive never outlives the token's expiry.
+#[tokio::test]
+async fn a_sidecar_caches_negatives_briefly_and_never_past_expiry() {
+    let (_u, cp) = control_gate("").await;
+    let (_, reader) = add_token(
+        &cp.tokens,
+        Grant {
+            scopes: vec![Scope::ReadCluster],
+            ..Grant::default()
+        },
+    );
+    let u = upstream().await;
+    let sidecar = gate(&format!(
+        "tokens:\n  source: introspect\n  cache: {{ ttl: 60s, negative_ttl: 1s }}\n  introspect: {{ url: \"http://{}/v1/introspect\", token: \"{reader}\" }}\ndeployments:\n{}",
+        cp.admin,
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+
+    let late = bentogate::token::Secret::generate().unwrap();
+    assert_eq!(
+        status(sidecar.addr, "/", Some(late.expose())).await,
+        StatusCode::UNAUTHORIZED
+    );
+    add_record(&cp.tokens, "late-uid", late.digest(), Grant::to(&["a"]));
+    let took = until_status(sidecar.addr, "/", Some(late.expose()), StatusCode::OK).await;
+    assert!(
+        took <= Duration::from_millis(1500),
+        "negative lasted {took:?}"
+    );
+
+    // Expires in 2 s; the 60 s TTL must not keep it alive.
+    let (_, short) = add_token(
+        &cp.tokens,
+        Grant {
+            deployments: vec!["a"],
+            expired_at: Some(bentogate::clock::now() + 2),
+            ..Grant::default()
+        },
+    );
+    until_status(sidecar.addr, "/", Some(&short), StatusCode::OK).await;
+    let took = until_status(sidecar.addr, "/", Some(&short), StatusCode::UNAUTHORIZED).await;
+    assert!(took <= Duration::from_millis(2500), "expiry took {took:?}");
+}
