@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
                     Version::HTTP_11,
                     host.clone(),
                     Some(&token),
+                    false,
                 )
             },
             BatchSize::SmallInput,

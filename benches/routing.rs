@@ -25,7 +25,7 @@ fn table(n: usize) -> RouteTable {
         ));
     }
     let config = Config::parse(&yaml, "bench", Path::new(".")).unwrap();
-    RouteTable::new(&config.deployments, &Metrics::new().unwrap())
+    RouteTable::new(&config.deployments, &Metrics::new().unwrap(), 1024)
 }
 
 fn bench(c: &mut Criterion) {

@@ -51,6 +51,14 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time in-flight requests get to finish after SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default life of an idle keep-alive client connection.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default concurrent streams per HTTP/2 client connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Default idle upstream connections kept per upstream.
+pub const DEFAULT_MAX_IDLE_PER_UPSTREAM: usize = 256;
+/// Default requests in flight per upstream.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UPSTREAM: usize = 1024;
 /// Default identity header carrying the caller's token uid.
 pub const DEFAULT_UID_HEADER: &str = "x-bentogate-token-uid";
 /// Default identity header carrying the caller's token name.
@@ -123,6 +131,21 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawListener {
     address: SocketAddr,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +216,17 @@ struct RawForwarding {
     identity_headers: RawIdentityHeaders,
     #[serde(default)]
     timeouts: RawTimeouts,
+    #[serde(default)]
+    upstream_ca: Option<PathBuf>,
+    #[serde(default)]
+    pool: RawPool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    max_idle_per_upstream: Option<usize>,
+    max_connections_per_upstream: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,7 +250,9 @@ struct RawTimeouts {
 struct RawLimits {
     max_header_bytes: Option<usize>,
     header_read_timeout: Option<Dur>,
+    keepalive_timeout: Option<Dur>,
     max_connections: Option<usize>,
+    max_concurrent_streams: Option<u32>,
     drain_timeout: Option<Dur>,
 }
 
@@ -269,7 +305,7 @@ pub struct Config {
     /// Where the configuration came from, for messages.
     pub origin: String,
     /// Client-facing listeners.
-    pub listeners: Vec<SocketAddr>,
+    pub listeners: Vec<ListenerConfig>,
     /// The admin listener (health, readiness, metrics).
     pub admin: SocketAddr,
     /// Token source and cache.
@@ -325,6 +361,24 @@ impl std::fmt::Debug for IntrospectConfig {
     }
 }
 
+/// One client-facing listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// With certificates, a TLS listener (SNI picks among them; the first is the default).
+    pub tls: Option<Vec<CertificatePair>>,
+}
+
+/// A certificate chain and its private key, PEM files resolved against the config's folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificatePair {
+    /// Leaf first, then intermediates.
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// Request rewriting and upstream timeouts.
 #[derive(Debug, Clone)]
 pub struct ForwardingConfig {
@@ -338,6 +392,13 @@ pub struct ForwardingConfig {
     pub response_headers_timeout: Duration,
     /// Longest silence on an upstream body; idle life of pooled connections.
     pub idle_timeout: Duration,
+    /// Trust only this PEM bundle for https upstreams; none: the platform's roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// Idle keep-alive connections kept per upstream.
+    pub max_idle_per_upstream: usize,
+    /// Requests in flight per deployment's upstream (so connections per upstream are bounded);
+    /// beyond it, requests wait up to the response-headers timeout.
+    pub max_connections_per_upstream: usize,
 }
 
 /// Header names that tell the upstream who called.
@@ -361,12 +422,16 @@ impl IdentityHeaders {
 }
 
 /// Protective limits on clients.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest request header block accepted (431 beyond).
     pub max_header_bytes: usize,
     /// Time a client has to send its header block.
     pub header_read_timeout: Duration,
+    /// Time an idle keep-alive connection (no request in flight) stays open.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
     /// Open connections per listener; beyond, new ones wait in the backlog.
     pub max_connections: usize,
     /// Time in-flight requests get after SIGTERM.
@@ -393,7 +458,7 @@ pub struct Deployment {
 /// An upstream origin: scheme and authority, no path.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// `http` (https arrives with TLS support).
+    /// `http` or `https`.
     pub scheme: Scheme,
     /// Host and port.
     pub authority: Authority,
@@ -512,8 +577,11 @@ impl Validator<'_> {
 
     fn validate(&self, raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         let listeners = match raw.listeners {
-            None => vec![SocketAddr::from_str(DEFAULT_LISTENER)
-                .map_err(|e| self.error("listeners", &[], e.to_string()))?],
+            None => vec![ListenerConfig {
+                address: SocketAddr::from_str(DEFAULT_LISTENER)
+                    .map_err(|e| self.error("listeners", &[], e.to_string()))?,
+                tls: None,
+            }],
             Some(l) if l.is_empty() => {
                 return Err(self.error(
                     "listeners",
@@ -521,10 +589,14 @@ impl Validator<'_> {
                     "at least one listener is needed; add `- address: 0.0.0.0:8080`",
                 ))
             }
-            Some(l) => l.into_iter().map(|l| l.address).collect(),
+            Some(l) => l
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| self.listener(i, l, base))
+                .collect::<Result<_, _>>()?,
         };
         let tokens = self.tokens(raw.tokens, base)?;
-        let forwarding = self.forwarding(raw.forwarding)?;
+        let forwarding = self.forwarding(raw.forwarding, base)?;
         let limits = self.limits(raw.limits)?;
         let deployments = self.deployments(raw.deployments)?;
         let log = LogConfig {
@@ -683,7 +755,7 @@ impl Validator<'_> {
         })
     }
 
-    fn forwarding(&self, raw: RawForwarding) -> Result<ForwardingConfig, ConfigError> {
+    fn forwarding(&self, raw: RawForwarding, base: &Path) -> Result<ForwardingConfig, ConfigError> {
         let header = |key: &str,
                       value: Option<String>,
                       default: &str|
@@ -750,12 +822,60 @@ impl Validator<'_> {
                 ));
             }
         }
+        let max_connections_per_upstream = raw
+            .pool
+            .max_connections_per_upstream
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_UPSTREAM);
+        if max_connections_per_upstream == 0 {
+            return Err(self.error(
+                "forwarding.pool.max_connections_per_upstream",
+                &["max_connections_per_upstream:"],
+                "must be at least 1; the default is 1024",
+            ));
+        }
         Ok(ForwardingConfig {
             strip_authorization: raw.strip_authorization.unwrap_or(true),
             identity,
             connect_timeout: timeouts[0].1,
             response_headers_timeout: timeouts[1].1,
             idle_timeout: timeouts[2].1,
+            upstream_ca: raw.upstream_ca.map(|p| base.join(p)),
+            max_idle_per_upstream: raw
+                .pool
+                .max_idle_per_upstream
+                .unwrap_or(DEFAULT_MAX_IDLE_PER_UPSTREAM),
+            max_connections_per_upstream,
+        })
+    }
+
+    fn listener(
+        &self,
+        index: usize,
+        raw: RawListener,
+        base: &Path,
+    ) -> Result<ListenerConfig, ConfigError> {
+        let tls = match raw.tls {
+            None => None,
+            Some(t) if t.certificates.is_empty() => {
+                return Err(self.error(
+                    format!("listeners[{index}].tls.certificates"),
+                    &["certificates:"],
+                    "a TLS listener needs at least one `{ cert: FILE, key: FILE }`",
+                ))
+            }
+            Some(t) => Some(
+                t.certificates
+                    .into_iter()
+                    .map(|c| CertificatePair {
+                        cert: base.join(c.cert),
+                        key: base.join(c.key),
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(ListenerConfig {
+            address: raw.address,
+            tls,
         })
     }
 
@@ -786,9 +906,31 @@ impl Validator<'_> {
                 "must be longer than zero; the default is 10s",
             ));
         }
+        let keepalive_timeout = raw
+            .keepalive_timeout
+            .map_or(DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0);
+        if keepalive_timeout.is_zero() {
+            return Err(self.error(
+                "limits.keepalive_timeout",
+                &["keepalive_timeout:"],
+                "must be longer than zero; the default is 60s",
+            ));
+        }
+        let max_concurrent_streams = raw
+            .max_concurrent_streams
+            .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS);
+        if max_concurrent_streams == 0 {
+            return Err(self.error(
+                "limits.max_concurrent_streams",
+                &["max_concurrent_streams:"],
+                "must be at least 1; the default is 100",
+            ));
+        }
         Ok(Limits {
             max_header_bytes,
             header_read_timeout,
+            keepalive_timeout,
+            max_concurrent_streams,
             max_connections,
             drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
         })
@@ -918,10 +1060,8 @@ fn parse_upstream(text: &str, protocol: UpstreamProtocol) -> Result<Upstream, St
         .map_err(|e| format!("`{text}` is not a URL ({e}); write it like http://127.0.0.1:3000"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => Scheme::HTTP,
-        Some("https") => {
-            return Err("https upstreams are not supported in this build yet; use http:// (a sidecar's upstream is on localhost)".to_owned())
-        }
-        _ => return Err(format!("`{text}` needs the scheme http://")),
+        Some("https") => Scheme::HTTPS,
+        _ => return Err(format!("`{text}` needs the scheme http:// or https://")),
     };
     let authority = uri
         .authority()
@@ -1003,7 +1143,10 @@ mod tests {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(
             c.listeners,
-            vec![SocketAddr::from_str(DEFAULT_LISTENER).unwrap()]
+            vec![ListenerConfig {
+                address: SocketAddr::from_str(DEFAULT_LISTENER).unwrap(),
+                tls: None
+            }]
         );
         assert_eq!(c.tokens.file, Path::new("/etc/bentogate/tokens.yaml"));
         assert_eq!(c.tokens.cache_ttl, DEFAULT_CACHE_TTL);
@@ -1052,7 +1195,7 @@ mod tests {
             ("ftp://x", "http://"),
             ("http://127.0.0.1:3000/base", "no path"),
             ("not a url", "not a URL"),
-            ("https://x", "https"),
+            ("https://u@x", "credentials"),
         ] {
             let text = MINIMAL.replace("http://127.0.0.1:3000", u);
             let e = parse(&text).unwrap_err().to_string();
@@ -1061,6 +1204,23 @@ mod tests {
                 "{u}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn https_upstreams_and_tls_listeners_are_read() {
+        let text = format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: a.crt, key: a.key }}\n{}",
+            MINIMAL.replace("http://127.0.0.1:3000", "https://models.example.com")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.deployments[0].upstream.scheme, http::uri::Scheme::HTTPS);
+        let pairs = c.listeners[0].tls.as_ref().unwrap();
+        assert!(pairs[0].cert.ends_with("a.crt") && pairs[0].key.is_absolute());
+        let empty = format!(
+            "listeners:\n  - address: 127.0.0.1:0\n    tls: {{ certificates: [] }}\n{MINIMAL}"
+        );
+        let e = parse(&empty).unwrap_err().to_string();
+        assert!(e.contains("listeners[0].tls.certificates"), "{e}");
     }
 
     #[test]

@@ -35,5 +35,6 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod validator;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use bentogate::cli::{self, Cli, Command};
 use bentogate::config::{Config, LogFormat};
 use bentogate::server::{self, Listeners};
+
 use bentogate::store::TokenFile;
 use clap::Parser;
 
@@ -15,7 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(arg) => match cli::load_config(arg.config.as_deref()) {
-            Ok(config) => serve(config),
+            Ok(config) => serve(config, arg.config),
             Err(e) => fail(2, &e.to_string()),
         },
         Command::Check(arg) => check(arg.config.as_deref()),
@@ -97,6 +98,13 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
             file.display()
         ),
     };
+    for l in &config.listeners {
+        if let Some(pairs) = &l.tls {
+            if let Err(e) = bentogate::tls::SniResolver::load(pairs) {
+                return fail(2, &format!("listener {}: {e}", l.address));
+            }
+        }
+    }
     println!(
         "{}: OK ({} deployments, {} listeners; {tokens})",
         config.origin,
@@ -120,7 +128,7 @@ fn init_tracing(config: &Config) {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
     init_tracing(&config);
     // One worker: a current-thread runtime, with no work-stealing or cross-thread wake-ups.
     let mut runtime = match config.worker_threads {
@@ -134,7 +142,7 @@ fn serve(config: Config) -> ExitCode {
     let result = runtime
         .build()
         .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(serve_until_signal(config)));
+        .and_then(|rt| rt.block_on(serve_until_signal(config, path)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -144,7 +152,10 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
-async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+async fn serve_until_signal(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     tracing::info!(
         proxy_addr = %listeners.proxy_addrs().first().map(|a| a.to_string()).unwrap_or_default(),
@@ -161,6 +172,26 @@ async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
     };
-    server::run(config, listeners, shutdown).await?;
+    let app = server::App::build(config)?;
+    let reloader = app.reloader();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    // SIGHUP: re-read the configuration; a bad one is refused and the old one keeps serving.
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let loaded = cli::load_config(path.as_deref());
+            match loaded {
+                Ok(new) => {
+                    if let Err(e) = reloader.reload(new) {
+                        tracing::error!(error = %e, "reload refused; the running configuration stays");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the running configuration stays")
+                }
+            }
+        }
+    });
+    app.serve(listeners, shutdown).await;
     Ok(())
 }

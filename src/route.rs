@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use crate::config::{Deployment, Policy, Upstream};
 use crate::metrics::{Metrics, RouteMetrics};
 
@@ -25,6 +27,8 @@ pub struct Route {
     pub public_paths: Box<[Box<str>]>,
     /// Pre-resolved metric handles.
     pub metrics: RouteMetrics,
+    /// Requests in flight to the upstream (bounds its connections); one per route.
+    pub slots: Arc<Semaphore>,
 }
 
 impl Route {
@@ -46,7 +50,12 @@ const MAX_HOST: usize = 256;
 
 impl RouteTable {
     /// Compiles the deployments; metric handles are resolved here, once.
-    pub fn new(deployments: &[Deployment], metrics: &Metrics) -> RouteTable {
+    /// `max_per_upstream` bounds each route's requests in flight to its upstream.
+    pub fn new(
+        deployments: &[Deployment],
+        metrics: &Metrics,
+        max_per_upstream: usize,
+    ) -> RouteTable {
         let mut by_host: HashMap<Box<str>, Vec<Arc<Route>>> = HashMap::new();
         let mut any_host = Vec::new();
         for d in deployments {
@@ -57,6 +66,7 @@ impl RouteTable {
                 upstream: d.upstream.clone(),
                 public_paths: d.public_paths.iter().map(|p| p.as_str().into()).collect(),
                 metrics: metrics.for_route(&d.name),
+                slots: Arc::new(Semaphore::new(max_per_upstream)),
             });
             if d.hosts.is_empty() {
                 any_host.push(route);
@@ -140,7 +150,7 @@ deployments:
   - { name: b-v2, hosts: [b.example.com], path_prefix: /v2, upstream: "http://127.0.0.1:1", policy: protected }
 "#;
         let c = Config::parse(text, "t", Path::new(".")).unwrap();
-        RouteTable::new(&c.deployments, &Metrics::new().unwrap())
+        RouteTable::new(&c.deployments, &Metrics::new().unwrap(), 8)
     }
 
     fn name(t: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
@@ -195,7 +205,7 @@ deployments:
     fn no_route_without_a_catch_all() {
         let text = "deployments:\n  - { name: a, hosts: [a.test], upstream: \"http://127.0.0.1:1\", policy: public }\n";
         let c = Config::parse(text, "t", Path::new(".")).unwrap();
-        let t = RouteTable::new(&c.deployments, &Metrics::new().unwrap());
+        let t = RouteTable::new(&c.deployments, &Metrics::new().unwrap(), 8);
         assert!(t.route(Some("b.test"), "/").is_none());
         assert!(t.route(None, "/").is_none());
         assert!(t.route(Some("a.test"), "/").is_some());

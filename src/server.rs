@@ -1,37 +1,44 @@
-//! Listeners, the accept loop, limits and graceful shutdown.
+//! Listeners, connections, limits, reloads and graceful shutdown.
 //!
-//! Owns sockets and connection lifetimes: binds the proxy and admin listeners, serves each
-//! connection with hyper-util's auto builder (HTTP/1.1 and h2c prior knowledge), caps open
-//! connections per listener, bounds header reading, and on shutdown stops accepting, lets
-//! in-flight requests finish up to the drain timeout, and returns.
+//! Owns sockets and connection lifetimes: binds the proxy listeners (plain, or TLS with SNI
+//! certificates) and the admin listener; serves each connection with hyper-util's auto builder
+//! (HTTP/1.1 with upgrades, HTTP/2 by ALPN or prior knowledge); caps open connections per
+//! listener, header reading, idle keep-alive and HTTP/2 streams; swaps the data plane on reload
+//! ([`Reloader`]); and on shutdown stops accepting, lets in-flight requests finish up to the
+//! drain timeout, and returns.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, ListenerConfig};
 use crate::control::Store;
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
+use crate::proxy::upstream::UpstreamTlsError;
+use crate::proxy::{Gateway, Peer};
 use crate::store::introspect::IntrospectSource;
 use crate::store::{FileSource, StoreError};
-use crate::validator::Source;
-use crate::validator::Validator;
+use crate::tls::{SniResolver, TlsError};
+use crate::validator::{Source, Validator};
 
 /// How often a gateway on the `introspect` source checks that its control plane answers.
-pub const INTROSPECT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+pub const INTROSPECT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,18 +57,42 @@ pub enum StartError {
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A listener's certificates could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The trust for https upstreams could not be set up.
+    #[error(transparent)]
+    UpstreamTls(#[from] UpstreamTlsError),
+}
+
+/// Why a reload was refused; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// A listener's new certificates could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The trust for https upstreams could not be set up.
+    #[error(transparent)]
+    UpstreamTls(#[from] UpstreamTlsError),
+}
+
+/// A bound client-facing listener and, for TLS, its certificates.
+pub struct ProxyListener {
+    listener: TcpListener,
+    tls: Option<Arc<SniResolver>>,
 }
 
 /// Bound listeners, so callers (tests) can bind `127.0.0.1:0` and learn the ports first.
 pub struct Listeners {
-    /// Client-facing listeners.
-    pub proxy: Vec<TcpListener>,
+    /// Client-facing listeners, in configuration order.
+    pub proxy: Vec<ProxyListener>,
     /// The admin listener.
     pub admin: TcpListener,
 }
 
 impl Listeners {
-    /// Binds every address in the configuration.
+    /// Binds every address in the configuration and loads the TLS listeners' certificates, so
+    /// a missing or mismatched key fails start with the file named.
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         let bind = |address: SocketAddr| async move {
             TcpListener::bind(address)
@@ -69,8 +100,15 @@ impl Listeners {
                 .map_err(|source| StartError::Bind { address, source })
         };
         let mut proxy = Vec::with_capacity(config.listeners.len());
-        for &a in &config.listeners {
-            proxy.push(bind(a).await?);
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                Some(pairs) => Some(Arc::new(SniResolver::load(pairs)?)),
+                None => None,
+            };
+            proxy.push(ProxyListener {
+                listener: bind(l.address).await?,
+                tls,
+            });
         }
         Ok(Listeners {
             proxy,
@@ -82,7 +120,7 @@ impl Listeners {
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
         self.proxy
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| l.listener.local_addr().ok())
             .collect()
     }
 
@@ -92,17 +130,87 @@ impl Listeners {
     }
 }
 
+/// What a reload replaces while connections keep running: the data plane (routes, upstreams,
+/// policies, forwarding) and the listeners' certificates.
+struct Live {
+    gateway: ArcSwap<Gateway>,
+    config: Mutex<Config>,
+    metrics: Arc<Metrics>,
+    validator: Arc<Validator>,
+    resolvers: Mutex<Vec<Option<Arc<SniResolver>>>>,
+}
+
+/// Applies a new configuration to a running server (SIGHUP). Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader(Arc<Live>);
+
+impl Reloader {
+    /// Builds everything the new configuration needs first and swaps only if all of it loads,
+    /// so a bad configuration leaves the old one serving. In-flight requests finish on the
+    /// data plane they started on. Listener addresses, limits, the admin listener and the token
+    /// source need a restart; changes to them are logged and left alone.
+    pub fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let live = &self.0;
+        let gateway = Gateway::new(&new, Arc::clone(&live.validator), &live.metrics)?;
+        let Ok(resolvers) = live.resolvers.lock() else {
+            return Ok(());
+        };
+        let Ok(mut old) = live.config.lock() else {
+            return Ok(());
+        };
+        // Load every new certificate set before replacing any.
+        let mut staged = Vec::new();
+        for (i, resolver) in resolvers.iter().enumerate() {
+            let (Some(resolver), Some(pairs)) =
+                (resolver, new.listeners.get(i).and_then(|l| l.tls.as_ref()))
+            else {
+                continue;
+            };
+            SniResolver::load(pairs)?;
+            staged.push((Arc::clone(resolver), pairs.clone()));
+        }
+        for (resolver, pairs) in staged {
+            resolver.replace(&pairs)?;
+        }
+        let addresses = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l: &ListenerConfig| (l.address, l.tls.is_some()))
+                .collect::<Vec<_>>()
+        };
+        if addresses(&old) != addresses(&new) || old.admin != new.admin {
+            tracing::warn!("listener changes need a restart; kept the running listeners");
+        }
+        if old.limits != new.limits || old.worker_threads != new.worker_threads {
+            tracing::warn!("limits and runtime changes need a restart; kept the running ones");
+        }
+        if old.tokens.file != new.tokens.file
+            || old.tokens.introspect.is_some() != new.tokens.introspect.is_some()
+        {
+            tracing::warn!("token source changes need a restart; kept the running source");
+        }
+        live.gateway.store(Arc::new(gateway));
+        tracing::info!(
+            deployments = new.deployments.len(),
+            "configuration reloaded"
+        );
+        *old = new;
+        Ok(())
+    }
+}
+
 /// Everything a running server shares: built before any listener accepts, so a bad token file
 /// fails start and tests see a fully loaded server as soon as start returns.
 pub struct App {
-    config: Config,
+    live: Arc<Live>,
+    limits: Limits,
     metrics: Arc<Metrics>,
     /// The token file, unless tokens come from a remote control plane.
     source: Option<Arc<FileSource>>,
     validator: Arc<Validator>,
-    gateway: Arc<Gateway>,
     admin: Arc<Admin>,
     draining: Arc<AtomicBool>,
+    usage_flush: Duration,
 }
 
 impl App {
@@ -124,7 +232,7 @@ impl App {
             }
         };
         let validator = Arc::new(validator);
-        let gateway = Arc::new(Gateway::new(&config, Arc::clone(&validator), &metrics));
+        let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics)?;
         let draining = Arc::new(AtomicBool::new(false));
         let store = source.as_ref().map(|f| Arc::new(Store::new(Arc::clone(f))));
         let admin = Arc::new(Admin::new(
@@ -134,35 +242,53 @@ impl App {
             Arc::clone(&draining),
         ));
         Ok(App {
-            config,
+            limits: config.limits.clone(),
+            usage_flush: config.tokens.usage_flush,
+            live: Arc::new(Live {
+                gateway: ArcSwap::from_pointee(gateway),
+                config: Mutex::new(config),
+                metrics: Arc::clone(&metrics),
+                validator: Arc::clone(&validator),
+                resolvers: Mutex::new(Vec::new()),
+            }),
             metrics,
             source,
             validator,
-            gateway,
             admin,
             draining,
         })
     }
 
+    /// The handle that reloads this server's configuration.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(Arc::clone(&self.live))
+    }
+
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
         let App {
-            config,
+            live,
+            limits,
             metrics,
             source,
             validator,
-            gateway,
             admin,
             draining,
+            usage_flush,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
-        let builder = Arc::new(connection_builder(&config.limits));
+        let settings = Arc::new(ConnSettings {
+            builder: connection_builder(&limits),
+            keepalive: limits.keepalive_timeout,
+            handshake_timeout: limits.header_read_timeout,
+            tracker: Tracker::default(),
+            stop: stop_rx.clone(),
+        });
         let mut loops: Vec<JoinHandle<()>> = Vec::new();
         if let Some(source) = &source {
             loops.push(tokio::spawn(Arc::clone(source).watch(stop_rx.clone())));
             loops.push(tokio::spawn(
-                Arc::clone(source).flush_usage_every(config.tokens.usage_flush, stop_rx.clone()),
+                Arc::clone(source).flush_usage_every(usage_flush, stop_rx.clone()),
             ));
         }
         if let Source::Introspect(remote) = validator.source() {
@@ -170,55 +296,61 @@ impl App {
                 Arc::clone(remote).probe_every(INTROSPECT_PROBE_INTERVAL, stop_rx.clone()),
             ));
         }
-        for listener in listeners.proxy {
-            let gateway = Arc::clone(&gateway);
-            let handler = move |req: Request<Incoming>, peer: SocketAddr| {
-                let gateway = Arc::clone(&gateway);
+        if let Ok(mut r) = live.resolvers.lock() {
+            *r = listeners.proxy.iter().map(|l| l.tls.clone()).collect();
+        }
+        for l in listeners.proxy {
+            let acceptor = match &l.tls {
+                None => None,
+                Some(resolver) => {
+                    loops.push(tokio::spawn(Arc::clone(resolver).watch(stop_rx.clone())));
+                    match resolver.server_config() {
+                        Ok(c) => Some(TlsAcceptor::from(c)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS listener not started");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let live = Arc::clone(&live);
+            let handler = move |req: Request<Incoming>, peer: Peer| {
+                let gateway = live.gateway.load_full();
                 async move { gateway.handle(req, peer).await }
             };
             loops.push(tokio::spawn(accept_loop(
-                listener,
+                l.listener,
+                acceptor,
                 handler,
-                Arc::clone(&builder),
-                Arc::clone(&graceful),
-                Arc::new(Semaphore::new(config.limits.max_connections)),
-                stop_rx.clone(),
+                Arc::clone(&settings),
+                Arc::new(Semaphore::new(limits.max_connections)),
             )));
         }
-        let admin_handler = move |req: Request<Incoming>, _peer: SocketAddr| {
+        let admin_handler = move |req: Request<Incoming>, _peer: Peer| {
             let admin = Arc::clone(&admin);
             async move { admin.handle(req).await }
         };
         loops.push(tokio::spawn(accept_loop(
             listeners.admin,
+            None,
             admin_handler,
-            Arc::clone(&builder),
-            Arc::clone(&graceful),
-            Arc::new(Semaphore::new(config.limits.max_connections)),
-            stop_rx,
+            Arc::clone(&settings),
+            Arc::new(Semaphore::new(limits.max_connections)),
         )));
 
-        tracing::info!(
-            deployments = config.deployments.len(),
-            tokens = metrics.tokens_loaded.get(),
-            "bentogate ready"
-        );
+        tracing::info!(tokens = metrics.tokens_loaded.get(), "bentogate ready");
         shutdown.await;
         draining.store(true, Ordering::Release);
-        tracing::info!(drain_timeout = ?config.limits.drain_timeout, "shutting down: no new connections, draining in-flight requests");
-        // Closing the listeners first refuses new connections at once.
+        tracing::info!(drain_timeout = ?limits.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        // Closing the listeners first refuses new connections at once; every connection then
+        // finishes its in-flight requests and closes (HTTP/2: GOAWAY).
         let _ = stop_tx.send(true);
         for l in loops {
             let _ = l.await;
         }
-        // Every accept loop has returned, so this is the last handle.
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            match tokio::time::timeout(config.limits.drain_timeout, graceful.shutdown()).await {
-                Ok(()) => tracing::info!("drained"),
-                Err(_) => {
-                    tracing::warn!("drain timeout reached; closing the remaining connections")
-                }
-            }
+        match tokio::time::timeout(limits.drain_timeout, settings.tracker.idle()).await {
+            Ok(()) => tracing::info!("drained"),
+            Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
         // No request can record a use any more: write the last ones out.
         if let Some(source) = source {
@@ -250,37 +382,83 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
+/// Counts open connections so shutdown can wait for the last one.
+#[derive(Default)]
+struct Tracker {
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// Held by a connection's task; its drop counts the connection closed.
+struct Open<'a>(&'a Tracker);
+
+impl Tracker {
+    fn open(&self) -> Open<'_> {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self)
+    }
+
+    /// Resolves once no connection is open.
+    async fn idle(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// What every connection of a server shares.
+struct ConnSettings {
+    builder: auto::Builder<TokioExecutor>,
+    keepalive: Duration,
+    handshake_timeout: Duration,
+    tracker: Tracker,
+    stop: watch::Receiver<bool>,
+}
+
 async fn accept_loop<H, F, B>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     handler: H,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
+    settings: Arc<ConnSettings>,
     limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let mut stop = settings.stop.clone();
     loop {
         // Beyond max_connections, new connections wait in the kernel backlog.
         let permit = tokio::select! {
             p = Arc::clone(&limit).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
-        let (stream, peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -288,29 +466,111 @@ async fn accept_loop<H, F, B>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watcher().watch(conn);
+        let settings = Arc::clone(&settings);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
+            let _open = settings.tracker.open();
+            serve_connection(stream, addr, tls, handler, &settings).await;
             drop(permit);
         });
     }
 }
 
-/// A server started in the background (tests, embedding): its addresses and a stop switch.
+async fn serve_connection<H, F, B>(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    settings: &ConnSettings,
+) where
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tls {
+        None => {
+            let peer = Peer { addr, https: false };
+            drive(TokioIo::new(stream), peer, handler, settings).await
+        }
+        Some(acceptor) => {
+            // The handshake counts against the header read timeout: a silent client holds no slot.
+            match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let peer = Peer { addr, https: true };
+                    drive(TokioIo::new(tls), peer, handler, settings).await
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, %addr, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes, shutting it down gracefully (in-flight requests
+/// finish; HTTP/2 sends GOAWAY) when the server stops or no request has started for the
+/// keep-alive timeout.
+async fn drive<I, H, F, B>(io: I, peer: Peer, handler: H, settings: &ConnSettings)
+where
+    I: Read + Write + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, Peer) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let opened = Instant::now();
+    // Milliseconds after `opened` when the last request started.
+    let last_request = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&last_request);
+    let service = service_fn(move |req| {
+        seen.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let fut = handler(req, peer);
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let conn = settings.builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut stop = settings.stop.clone();
+    let mut closing = *stop.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let idle_at = opened
+            + Duration::from_millis(last_request.load(Ordering::Relaxed))
+            + settings.keepalive;
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, addr = %peer.addr, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(idle_at), if !closing => {
+                let idle = opened.elapsed().saturating_sub(Duration::from_millis(last_request.load(Ordering::Relaxed)));
+                if idle >= settings.keepalive {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// A server started in the background (tests, embedding): its addresses, a reload handle and
+/// a stop switch.
 pub struct Running {
     /// Where the proxy listens.
     pub proxy_addrs: Vec<SocketAddr>,
     /// Where the admin listener is.
     pub admin_addr: SocketAddr,
+    /// Applies a new configuration, as SIGHUP does.
+    pub reloader: Reloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -324,6 +584,7 @@ impl Running {
             .admin_addr()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let app = App::build(config)?;
+        let reloader = app.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(app.serve(listeners, async move {
             let _ = rx.await;
@@ -331,6 +592,7 @@ impl Running {
         Ok(Running {
             proxy_addrs,
             admin_addr,
+            reloader,
             stop: Some(tx),
             task,
         })

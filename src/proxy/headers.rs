@@ -17,6 +17,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The `Via` entry this proxy adds, by the protocol version it received.
 fn via(version: Version) -> HeaderValue {
@@ -74,6 +75,7 @@ pub fn rewrite_request(
     version: Version,
     host: Option<HeaderValue>,
     token: Option<&Token>,
+    https: bool,
 ) {
     remove_hop_by_hop(headers);
     if config.strip_authorization {
@@ -95,7 +97,10 @@ pub fn rewrite_request(
         }
     }
     append_forwarded_for(headers, client);
-    headers.insert(X_FORWARDED_PROTO.clone(), PROTO_HTTP);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        if https { PROTO_HTTPS } else { PROTO_HTTP },
+    );
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -185,6 +190,7 @@ mod tests {
             Version::HTTP_11,
             None,
             None,
+            false,
         );
         assert!(h.get("x-bentogate-token-uid").is_none());
         assert!(h.get("x-bentogate-token-owner").is_none());
@@ -199,6 +205,7 @@ mod tests {
             Version::HTTP_11,
             None,
             Some(&t),
+            false,
         );
         assert_eq!(
             h.get_all("x-bentogate-token-uid")
@@ -216,6 +223,7 @@ mod tests {
             Version::HTTP_11,
             None,
             Some(&t),
+            false,
         );
         assert_eq!(h["x-bentogate-token-owner"], "organization");
     }
@@ -231,6 +239,7 @@ mod tests {
             Version::HTTP_2,
             Some(HeaderValue::from_static("a.example.com")),
             None,
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -6,7 +6,8 @@
 //!    validator and the route's policy (401, 403);
 //! 4. **rewrite**: headers for the upstream ([`headers`]);
 //! 5. **forward**: pooled client, response-headers timeout (502, 504);
-//! 6. **respond**: the upstream's body streams through frame by frame;
+//! 6. **respond**: the upstream's body streams through frame by frame; an accepted `Upgrade`
+//!    (WebSocket) becomes a byte tunnel between the two connections;
 //! 7. **log**: one metrics update and one access-log line.
 //!
 //! Every answer the gateway gives itself is a [`Reject`], turned into HTTP in one place.
@@ -20,12 +21,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONNECTION, HOST, UPGRADE};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::rt::TokioIo;
 
 use crate::auth::{self, Credentials};
 use crate::clock;
@@ -43,7 +46,7 @@ pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 /// The data plane: everything a request needs, immutable and shared by all connections.
 /// Generic over the upstream connector and the request body only so that benches can run it in
 /// memory; the server uses the defaults (TCP, hyper's `Incoming`).
-pub struct Gateway<C = HttpConnector, B = Incoming> {
+pub struct Gateway<C = HttpsConnector<HttpConnector>, B = Incoming> {
     routes: RouteTable,
     validator: Arc<Validator>,
     client: UpstreamClient<C, B>,
@@ -53,6 +56,21 @@ pub struct Gateway<C = HttpConnector, B = Incoming> {
     access_log: bool,
 }
 
+/// Who sent a request, as the listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// True on a TLS listener (`X-Forwarded-Proto: https`).
+    pub https: bool,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Peer {
+        Peer { addr, https: false }
+    }
+}
+
 /// A request that passed the check, route and authorize phases.
 struct Admitted<'a> {
     route: &'a Route,
@@ -60,14 +78,19 @@ struct Admitted<'a> {
 }
 
 impl Gateway {
-    /// Builds the gateway for a configuration around a shared validator, forwarding over TCP.
-    pub fn new(config: &Config, validator: Arc<Validator>, metrics: &Metrics) -> Gateway {
-        Gateway::with_client(
+    /// Builds the gateway for a configuration around a shared validator, forwarding over TCP
+    /// (and TLS for `https://` upstreams).
+    pub fn new(
+        config: &Config,
+        validator: Arc<Validator>,
+        metrics: &Metrics,
+    ) -> Result<Gateway, upstream::UpstreamTlsError> {
+        Ok(Gateway::with_client(
             config,
             validator,
             metrics,
-            UpstreamClient::new(&config.forwarding),
-        )
+            UpstreamClient::new(&config.forwarding)?,
+        ))
     }
 }
 
@@ -85,7 +108,11 @@ where
         client: UpstreamClient<C, B>,
     ) -> Self {
         Gateway {
-            routes: RouteTable::new(&config.deployments, metrics),
+            routes: RouteTable::new(
+                &config.deployments,
+                metrics,
+                config.forwarding.max_connections_per_upstream,
+            ),
             validator,
             client,
             forwarding: config.forwarding.clone(),
@@ -96,7 +123,8 @@ where
     }
 
     /// Serves one request from `client`.
-    pub async fn handle(&self, req: Request<B>, client: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<B>, client: impl Into<Peer>) -> Response<ProxyBody> {
+        let client = client.into();
         let started = Instant::now();
         let logged = self
             .access_log
@@ -223,10 +251,18 @@ where
         route: &Route,
         mut parts: Parts,
         body: B,
-        client: SocketAddr,
+        client: Peer,
         token: Option<&Token>,
     ) -> Result<Response<UpstreamBody>, Reject> {
         let client_version = parts.version;
+        // An HTTP/1.1 `Upgrade` (WebSocket): keep the two headers the hop-by-hop rule removes,
+        // and take the client side of the connection for the tunnel.
+        let upgrade = upgrade_protocol(&parts).map(|protocol| {
+            (
+                protocol,
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            )
+        });
         let host = match parts.headers.get(HOST) {
             Some(h) => Some(h.clone()),
             None => parts
@@ -237,11 +273,18 @@ where
         headers::rewrite_request(
             &mut parts.headers,
             &self.forwarding,
-            client.ip(),
+            client.addr.ip(),
             client_version,
             host.clone(),
             token,
+            client.https,
         );
+        if let Some((protocol, _)) = &upgrade {
+            parts.headers.insert(UPGRADE, protocol.clone());
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let upstream = &route.upstream;
         let path_and_query = parts
             .uri
@@ -268,10 +311,22 @@ where
             }
         }
         let request = Request::from_parts(parts, body);
+        let deadline = tokio::time::Instant::now() + self.forwarding.response_headers_timeout;
+        // A slot of the upstream's connection bound: free ones are taken without waiting.
+        let slot = match Arc::clone(&route.slots).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let waited =
+                    tokio::time::timeout_at(deadline, Arc::clone(&route.slots).acquire_owned())
+                        .await;
+                match waited {
+                    Err(_) => return Err(Reject::UpstreamTimeout),
+                    Ok(p) => p.ok(),
+                }
+            }
+        };
         let pending = self.client.pool(upstream.protocol).request(request);
-        let res = match tokio::time::timeout(self.forwarding.response_headers_timeout, pending)
-            .await
-        {
+        let res = match tokio::time::timeout_at(deadline, pending).await {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
                 let reject = upstream::classify(&e);
@@ -280,17 +335,88 @@ where
             }
             Ok(Ok(res)) => res,
         };
+        let (mut res, mut slot) = (res, slot);
+        let tunnel = match upgrade {
+            Some((protocol, Some(client_side)))
+                if res.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                let upstream_side = hyper::upgrade::on(&mut res);
+                tokio::spawn(tunnel(
+                    client_side,
+                    upstream_side,
+                    route.name.clone(),
+                    slot.take(),
+                ));
+                Some(protocol)
+            }
+            _ => None,
+        };
         let (mut parts, body) = res.into_parts();
         headers::rewrite_response(&mut parts.headers, client_version);
-        Ok(Response::from_parts(
-            parts,
-            UpstreamBody::new(body, self.forwarding.idle_timeout),
-        ))
+        // The slot, unless a tunnel holds it, is released when the body is done.
+        let body = UpstreamBody::new(body, self.forwarding.idle_timeout).holding(slot);
+        let body = match tunnel {
+            Some(protocol) => {
+                parts.headers.insert(UPGRADE, protocol);
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                body
+            }
+            None => body,
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     /// The validator, for the admin listener's metrics.
     pub fn validator(&self) -> &Arc<Validator> {
         &self.validator
+    }
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and
+/// `Upgrade: websocket`, say); none for anything else.
+fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts.headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| parts.headers.get(UPGRADE).cloned()).flatten()
+}
+
+/// Copies bytes both ways between an upgraded client connection and the upstream's until either
+/// side closes; holds the upstream slot meanwhile.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    deployment: Box<str>,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(deployment = &*deployment, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => {
+            tracing::debug!(
+                deployment = &*deployment,
+                up,
+                down,
+                "upgraded connection closed"
+            )
+        }
+        Err(e) => {
+            tracing::debug!(deployment = &*deployment, error = %e, "upgraded connection failed")
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The pooled upstream client and the streaming response body.
 //!
-//! Owns connections to upstreams: one keep-alive pool for HTTP/1.1 and one for HTTP/2 prior
-//! knowledge (h2c), with connect and idle timeouts. [`UpstreamBody`] streams the upstream's body
+//! Owns connections to upstreams: one keep-alive pool for HTTP/1.1 and one for HTTP/2 (prior
+//! knowledge over plain TCP, ALPN over TLS), with connect and idle timeouts; `https://` upstreams
+//! are verified against the platform's roots or `forwarding.upstream_ca`. [`UpstreamBody`] streams the upstream's body
 //! frame by frame as it arrives and ends it with an error when the upstream stays silent longer
 //! than the idle timeout, so a dead peer never hangs a client.
 
@@ -14,34 +15,101 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::reject::Reject;
 use crate::config::{ForwardingConfig, UpstreamProtocol};
 
-/// Idle connections kept per upstream host and pool.
-const MAX_IDLE_PER_HOST: usize = 256;
-
 /// Pools of upstream connections, shared by all requests. Generic over the connector and the
 /// request body so benches can run the whole pipeline in memory; the server uses the defaults.
-pub struct UpstreamClient<C = HttpConnector, B = Incoming> {
+pub struct UpstreamClient<C = HttpsConnector<HttpConnector>, B = Incoming> {
     http1: Client<C, B>,
     h2: Client<C, B>,
 }
 
+/// Why the upstream TLS trust could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    /// `forwarding.upstream_ca` could not be read or holds no certificate.
+    #[error("forwarding.upstream_ca {path}: {message}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The platform's roots could not be loaded.
+    #[error("cannot load the platform's root certificates ({0}); set forwarding.upstream_ca")]
+    NativeRoots(String),
+}
+
 impl UpstreamClient {
-    /// Builds both pools over TCP with the configured timeouts.
-    pub fn new(config: &ForwardingConfig) -> UpstreamClient {
+    /// Builds both pools over TCP, with TLS for `https://` upstreams.
+    pub fn new(config: &ForwardingConfig) -> Result<UpstreamClient, UpstreamTlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        UpstreamClient::with_connector(config, connector)
+        // The TLS layer needs the URL scheme to reach it.
+        connector.enforce_http(false);
+        let tls = client_tls(config)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
+        Ok(UpstreamClient::with_connector(config, https))
     }
+}
+
+/// The rustls client configuration for upstreams: only the CA file's certificates when one is
+/// configured (a private PKI), else the platform's roots.
+fn client_tls(config: &ForwardingConfig) -> Result<rustls::ClientConfig, UpstreamTlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.upstream_ca {
+        Some(path) => {
+            let bad = |message: String| UpstreamTlsError::CaFile {
+                path: path.display().to_string(),
+                message,
+            };
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(format!("not a PEM file: {e}")))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(bad("no usable CA certificate in it".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(UpstreamTlsError::NativeRoots(
+                    found
+                        .errors
+                        .first()
+                        .map_or("none found".to_owned(), |e| e.to_string()),
+                ));
+            }
+        }
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamTlsError::NativeRoots(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
 }
 
 impl<C, B> UpstreamClient<C, B>
@@ -57,7 +125,7 @@ where
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(config.idle_timeout)
-                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                .pool_max_idle_per_host(config.max_idle_per_upstream)
                 .http2_only(h2_only)
                 .build(connector.clone())
         };
@@ -109,6 +177,8 @@ pin_project! {
         #[pin]
         idle: Sleep,
         limit: Duration,
+        // The upstream's connection slot, held until the body is dropped.
+        slot: Option<OwnedSemaphorePermit>,
     }
 }
 
@@ -119,7 +189,14 @@ impl UpstreamBody {
             inner,
             idle: tokio::time::sleep(limit),
             limit,
+            slot: None,
         }
+    }
+
+    /// Holds `slot` (of the upstream's connection bound) until the body is done.
+    pub fn holding(mut self, slot: Option<OwnedSemaphorePermit>) -> Self {
+        self.slot = slot;
+        self
     }
 }
 
