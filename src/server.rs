@@ -520,14 +520,22 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let opened = Instant::now();
-    // Milliseconds after `opened` when the last request started.
-    let last_request = Arc::new(AtomicU64::new(0));
-    let seen = Arc::clone(&last_request);
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let seen = Arc::clone(&activity);
     let service = service_fn(move |req| {
-        seen.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let guard = InFlight::start(Arc::clone(&seen));
         let fut = handler(req, peer);
-        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        async move {
+            let res = fut.await;
+            Ok::<_, std::convert::Infallible>(res.map(|body| Tracked {
+                inner: body,
+                _guard: guard,
+            }))
+        }
     });
     let conn = settings.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -537,9 +545,7 @@ where
         conn.as_mut().graceful_shutdown();
     }
     loop {
-        let idle_at = opened
-            + Duration::from_millis(last_request.load(Ordering::Relaxed))
-            + settings.keepalive;
+        let idle_at = activity.last_at() + settings.keepalive;
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -552,13 +558,87 @@ where
                 closing = true;
             }
             _ = tokio::time::sleep_until(idle_at), if !closing => {
-                let idle = opened.elapsed().saturating_sub(Duration::from_millis(last_request.load(Ordering::Relaxed)));
-                if idle >= settings.keepalive {
+                if activity.idle_for() >= settings.keepalive {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
             }
         }
+    }
+}
+
+/// What a connection has been doing, for the keep-alive timeout.
+struct Activity {
+    opened: Instant,
+    /// Milliseconds after `opened` when a request last started or finished.
+    last: AtomicU64,
+    /// Requests whose response body has not finished.
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last_at(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    /// How long nothing has been in flight; zero while a request is.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_at().elapsed()
+    }
+}
+
+/// One request in flight on a connection, from its start until its response body is done.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.touch();
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts its request in flight until hyper drops it.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _guard: InFlight,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
