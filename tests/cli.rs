@@ -661,3 +661,45 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
     assert_eq!(find("member.remove", "done")["subject"], "ann");
     find("authorize", "refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_and_refuses_a_bad_config() {
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), u.addr, "log: {format: json, access: false}\n");
+    let mut s = serve(&config);
+    assert_eq!(status(s.proxy, "/b", None).await, StatusCode::UNAUTHORIZED);
+    let hup = |child: &Child| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // A new public route for /b.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_b = format!(
+        "{text}  - name: b\n    path_prefix: /b\n    upstream: \"http://{}\"\n    policy: public\n",
+        u.addr
+    );
+    std::fs::write(&config, &with_b).unwrap();
+    hup(&s.child);
+    until_status(s.proxy, "/b", None, StatusCode::OK).await;
+    // A broken file: refused with a log line naming the problem; the running routes stay.
+    std::fs::write(&config, with_b.replace("policy: public", "policy: publik")).unwrap();
+    hup(&s.child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let line = s
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no reload-refused line");
+        if line.contains("reload refused") {
+            break line;
+        }
+    };
+    assert!(refused.contains("publik"), "{refused}");
+    assert_eq!(status(s.proxy, "/b", None).await, StatusCode::OK);
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+}
