@@ -7,7 +7,8 @@
 //! ```text
 //! main.rs (bin)   command line, tracing, runtime; calls server::run or cli
 //! cli/            token and member commands, local (token file) or remote (--endpoint)
-//! server.rs       listeners, accept loop, limits, graceful shutdown
+//! server.rs       listeners, connections, limits, reloads, graceful shutdown
+//! tls.rs          certificates, SNI resolver, TLS server config
 //! admin.rs        /healthz /readyz /metrics on the admin listener; routes control-plane paths
 //! control/        control plane: permission rules, BentoCloud token API, /v1/introspect
 //! proxy/          the request pipeline in phase order: route, authorize, rewrite, forward, respond

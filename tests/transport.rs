@@ -368,6 +368,19 @@ async fn changed_certificate_files_serve_new_handshakes_and_spare_open_connectio
         get_over(&mut open, "/", Some(&token)).await.0,
         StatusCode::OK
     );
+
+    // A reload (SIGHUP) naming other files switches to them at once.
+    let third = pki.leaf("c", &["a.test"]);
+    let text = format!(
+        "listeners:\n  - address: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ] }}\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\ndeployments:\n{}",
+        third.cert.display(),
+        third.key.display(),
+        deployment("a", u.addr, "protected", "")
+    );
+    let config = Config::parse(&text, "test.yaml", g.dir.path()).unwrap();
+    g.running.reloader.reload(config).unwrap();
+    let conn = tls_connect(&pki, g.addr, "a.test", &[b"http/1.1"]).await;
+    assert_eq!(presented(&conn), third.der);
 }
 
 #[tokio::test]
