@@ -520,11 +520,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = Arc::new(Activity {
-        opened: Instant::now(),
-        last: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let seen = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let guard = InFlight::start(Arc::clone(&seen));
@@ -544,8 +540,11 @@ where
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    // Checked once per keep-alive period: a connection that saw no request start or finish
+    // during a whole period, with none in flight, is closed (after one to two periods).
+    let mut events_seen = 0;
+    let mut check_at = Instant::now() + settings.keepalive;
     loop {
-        let idle_at = activity.last_at() + settings.keepalive;
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -557,42 +556,27 @@ where
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tokio::time::sleep_until(idle_at), if !closing => {
-                if activity.idle_for() >= settings.keepalive {
+            _ = tokio::time::sleep_until(check_at), if !closing => {
+                let events = activity.events.load(Ordering::Relaxed);
+                if events == events_seen && activity.in_flight.load(Ordering::Relaxed) == 0 {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
+                events_seen = events;
+                check_at = Instant::now() + settings.keepalive;
             }
         }
     }
 }
 
-/// What a connection has been doing, for the keep-alive timeout.
+/// What a connection has been doing, for the keep-alive timeout: counters only, so a request
+/// costs no clock read.
+#[derive(Default)]
 struct Activity {
-    opened: Instant,
-    /// Milliseconds after `opened` when a request last started or finished.
-    last: AtomicU64,
+    /// Requests started plus responses finished.
+    events: AtomicU64,
     /// Requests whose response body has not finished.
     in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last
-            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn last_at(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last.load(Ordering::Relaxed))
-    }
-
-    /// How long nothing has been in flight; zero while a request is.
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Duration::ZERO;
-        }
-        self.last_at().elapsed()
-    }
 }
 
 /// One request in flight on a connection, from its start until its response body is done.
@@ -600,16 +584,16 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.touch();
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.events.fetch_add(1, Ordering::Relaxed);
         InFlight(activity)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.events.fetch_add(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

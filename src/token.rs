@@ -449,16 +449,6 @@ impl Token {
         self.used.record(now);
     }
 
-    /// The last use known here: the flushed `last_used_at` or a newer unflushed one.
-    pub fn last_used(&self) -> Option<UnixSeconds> {
-        let pending = self.used.get();
-        match self.last_used_at {
-            Some(at) if at >= pending => Some(at),
-            _ if pending > 0 => Some(pending),
-            other => other,
-        }
-    }
-
     /// The identity header values, built once per record and then shared by every request.
     pub fn identity(&self) -> &IdentityValues {
         self.identity.get_or_init(|| IdentityValues {

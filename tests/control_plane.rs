@@ -574,15 +574,20 @@ async fn last_use_is_recorded_in_batches_and_flushed_on_shutdown() {
     until_status(g.addr, "/", Some(&value), StatusCode::OK).await;
     let file = g.tokens.clone();
     let last_used = |file: &std::path::Path| {
-        let text = std::fs::read_to_string(file).unwrap();
-        let f = bentogate::store::TokenFile::parse(&text, file).unwrap();
+        let f = bentogate::store::usage::load_for_display(file).unwrap();
         f.tokens.iter().find(|t| t.uid == uid).unwrap().last_used_at
     };
     assert_eq!(last_used(&file), None, "no write per request");
+    let token_file_before = std::fs::read(&file).unwrap();
     g.running.stop().await;
     assert!(
         last_used(&file).is_some(),
         "the shutdown flush wrote the last use"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        token_file_before,
+        "recording uses never rewrites the token file"
     );
 }
 

@@ -295,11 +295,7 @@ fn no_token(uid: &str) -> CliError {
 }
 
 fn read(file: &Path) -> Result<TokenFile, CliError> {
-    match std::fs::read_to_string(file) {
-        Ok(text) => Ok(TokenFile::parse(&text, file)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
-        Err(e) => Err(StoreError::io(file, e).into()),
-    }
+    Ok(crate::store::usage::load_for_display(file)?)
 }
 
 /// Reads `--expires` (a duration from `now` or an absolute time), refusing the past.

@@ -137,13 +137,9 @@ impl Store {
         }
     }
 
-    /// The whole file as it is now.
+    /// The whole file as it is now, with last-use times merged in.
     pub fn read(&self) -> Result<TokenFile, ControlError> {
-        match std::fs::read_to_string(&self.file) {
-            Ok(text) => Ok(TokenFile::parse(&text, &self.file)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
-            Err(e) => Err(StoreError::io(&self.file, e).into()),
-        }
+        Ok(crate::store::usage::load_for_display(&self.file)?)
     }
 
     /// Applies `change` under the writer's lock, then makes the data plane see it at once.

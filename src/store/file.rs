@@ -56,6 +56,8 @@ pub struct FileSource {
     /// The file version the current set came from, and the last error (kept for /readyz).
     state: Mutex<WatchState>,
     metrics: Arc<Metrics>,
+    /// Last-use times as last written to `<file>.last-used`; only the flusher takes this lock.
+    usage: Mutex<super::usage::Usage>,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ impl FileSource {
                 last_error: None,
             }),
             metrics,
+            usage: Mutex::new(super::usage::read(path)),
         })
     }
 
@@ -188,27 +191,31 @@ impl FileSource {
         }
     }
 
-    /// Writes the last-use times the data plane recorded since the last flush into the file (one
-    /// locked write for all of them), then reloads. Returns how many tokens were updated.
+    /// Writes the last-use times the data plane recorded since the last flush to
+    /// `<file>.last-used` (see [`super::usage`]); the token file itself is not touched, so the set
+    /// and the cache stay as they are. Returns how many tokens had a newer use.
     pub fn flush_usage(&self) -> Result<usize, StoreError> {
-        let pending = self.set.load().pending_usage();
-        if pending.is_empty() {
+        let Ok(mut usage) = self.usage.lock() else {
+            return Ok(0);
+        };
+        let set = self.set.load();
+        let mut newer = 0;
+        for t in set.records() {
+            let used = t.used.get();
+            if used > 0 && usage.get(&t.uid).is_none_or(|&at| at < used) {
+                usage.insert(t.uid.clone(), used);
+                newer += 1;
+            }
+        }
+        if newer == 0 {
             return Ok(0);
         }
-        let written = update(&self.path, |f| {
-            let mut n = 0;
-            for t in &mut f.tokens {
-                if let Some(&at) = pending.get(&t.uid) {
-                    if t.last_used_at.is_none_or(|old| old < at) {
-                        t.last_used_at = Some(at);
-                        n += 1;
-                    }
-                }
-            }
-            Ok(n)
-        })?;
-        self.reload_if_changed();
-        Ok(written)
+        // Forget deleted tokens so the file does not grow forever.
+        let live: std::collections::HashSet<&str> = set.records().map(|t| t.uid.as_str()).collect();
+        usage.retain(|uid, _| live.contains(uid.as_str()));
+        super::usage::write(&self.path, &usage)
+            .map_err(|e| StoreError::io(&super::usage::path_for(&self.path), e))?;
+        Ok(newer)
     }
 
     /// Flushes last-use times every `every` until `shutdown` resolves (the server flushes once

@@ -109,13 +109,9 @@ impl TokenSet {
         }
     }
 
-    /// Uses seen by the data plane and not yet in the file: uid and time.
-    pub fn pending_usage(&self) -> HashMap<String, crate::clock::UnixSeconds> {
-        self.by_digest
-            .values()
-            .filter(|t| t.used.get() > t.last_used_at.unwrap_or(0))
-            .map(|t| (t.uid.clone(), t.used.get()))
-            .collect()
+    /// Every live token record.
+    pub fn records(&self) -> impl Iterator<Item = &Arc<Token>> {
+        self.by_digest.values()
     }
 }
 

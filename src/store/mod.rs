@@ -7,6 +7,7 @@
 pub mod file;
 pub mod format;
 pub mod introspect;
+pub mod usage;
 
 pub use file::FileSource;
 pub use format::{Member, Role, TokenFile};
