@@ -51,6 +51,12 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time in-flight requests get to finish after SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default refill of each client's failure bucket.
+pub const DEFAULT_THROTTLE_PER_MINUTE: u32 = 30;
+/// Default failures a client may make at once.
+pub const DEFAULT_THROTTLE_BURST: u32 = 10;
+/// Default most client addresses tracked by the throttle.
+pub const DEFAULT_THROTTLE_CLIENTS: u64 = 100_000;
 /// Default life of an idle keep-alive client connection.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default concurrent streams per HTTP/2 client connection.
@@ -125,6 +131,18 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    throttle: RawThrottle,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawThrottle {
+    failures_per_minute: Option<u32>,
+    burst: Option<u32>,
+    max_clients: Option<u64>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +338,60 @@ pub struct Config {
     pub log: LogConfig,
     /// Tokio worker threads; 0 means one per core.
     pub worker_threads: usize,
+    /// Throttling of failed authorization per client address.
+    pub throttle: ThrottleConfig,
+}
+
+/// Throttling of failed authorization per client address (a token bucket each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleConfig {
+    /// Refill rate of each bucket; 0 turns throttling off.
+    pub failures_per_minute: u32,
+    /// Bucket size: failures allowed at once before the rate applies.
+    pub burst: u32,
+    /// Most client addresses tracked; beyond, the least recently failing are forgotten.
+    pub max_clients: u64,
+    /// Peers whose `X-Forwarded-For` names the client (its last entry).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address range (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// Leading bits that must match.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Reads `a.b.c.d/n`, `x::y/n` or a bare address.
+    pub fn parse(text: &str) -> Option<IpNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// True when `ip` is inside the range.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let (net, ip, bits): (u128, u128, u32) = match (self.addr, ip) {
+            (V4(n), V4(i)) => (u32::from(n).into(), u32::from(i).into(), 32),
+            (V6(n), V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let keep = u32::from(self.prefix);
+        if keep == 0 {
+            return true;
+        }
+        let shift = bits - keep;
+        (net >> shift) == (ip >> shift)
+    }
 }
 
 /// Where tokens come from and how lookups are cached.
@@ -624,6 +696,40 @@ impl Validator<'_> {
             deployments,
             log,
             worker_threads: raw.runtime.worker_threads,
+            throttle: self.throttle(raw.throttle)?,
+        })
+    }
+
+    fn throttle(&self, raw: RawThrottle) -> Result<ThrottleConfig, ConfigError> {
+        let trusted_proxies = raw
+            .trusted_proxies
+            .iter()
+            .map(|t| {
+                IpNet::parse(t).ok_or_else(|| {
+                    self.error(
+                        "throttle.trusted_proxies",
+                        &["trusted_proxies:"],
+                        format!("`{t}` is not an address or range; write 10.0.0.0/8 or 127.0.0.1"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let burst = raw.burst.unwrap_or(DEFAULT_THROTTLE_BURST);
+        let max_clients = raw.max_clients.unwrap_or(DEFAULT_THROTTLE_CLIENTS);
+        if burst == 0 || max_clients == 0 {
+            return Err(self.error(
+                "throttle",
+                &["throttle:"],
+                "burst and max_clients must be at least 1 (failures_per_minute: 0 turns throttling off)",
+            ));
+        }
+        Ok(ThrottleConfig {
+            failures_per_minute: raw
+                .failures_per_minute
+                .unwrap_or(DEFAULT_THROTTLE_PER_MINUTE),
+            burst,
+            max_clients,
+            trusted_proxies,
         })
     }
 

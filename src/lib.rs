@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod validator;

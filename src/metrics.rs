@@ -28,6 +28,8 @@ pub enum Outcome {
     HeadersTooLarge,
     /// 401: the remote token source was unreachable and the token not cached (fail closed).
     SourceUnavailable,
+    /// 429: too many failed authorizations from the client's address.
+    Throttled,
     /// 502: upstream refused, reset or spoke nonsense.
     UpstreamError,
     /// 504: upstream too slow.
@@ -36,7 +38,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in label-array order.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Allowed,
         Outcome::Public,
         Outcome::Unauthorized,
@@ -45,6 +47,7 @@ impl Outcome {
         Outcome::BadRequest,
         Outcome::HeadersTooLarge,
         Outcome::SourceUnavailable,
+        Outcome::Throttled,
         Outcome::UpstreamError,
         Outcome::UpstreamTimeout,
     ];
@@ -60,6 +63,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::HeadersTooLarge => "headers_too_large",
             Outcome::SourceUnavailable => "source_unavailable",
+            Outcome::Throttled => "throttled",
             Outcome::UpstreamError => "upstream_error",
             Outcome::UpstreamTimeout => "upstream_timeout",
         }
@@ -84,6 +88,10 @@ pub struct Metrics {
     pub source_failures: IntCounter,
     /// Requests let through on a cached token while the remote source was unreachable.
     pub source_stale_hits: IntCounter,
+    /// Failed authorizations counted against client buckets.
+    pub throttle_failures: IntCounter,
+    /// Client addresses with a failure bucket (updated on each /metrics scrape).
+    pub throttle_clients: IntGauge,
     /// Token-file reloads by result (`success`, `error`).
     pub token_file_reloads: IntCounterVec,
     /// 1 when the last token-file read succeeded, 0 while an older set is being kept.
@@ -152,6 +160,14 @@ impl Metrics {
             "bentogate_token_source_stale_hits_total",
             "Tokens accepted from cache while the remote token source was unreachable",
         )?;
+        let throttle_failures = IntCounter::new(
+            "bentogate_throttle_failures_total",
+            "Failed authorizations counted against per-address buckets",
+        )?;
+        let throttle_clients = IntGauge::new(
+            "bentogate_throttle_clients",
+            "Client addresses with a failure bucket",
+        )?;
         let token_file_reloads = IntCounterVec::new(
             Opts::new(
                 "bentogate_token_file_reloads_total",
@@ -180,6 +196,8 @@ impl Metrics {
         registry.register(Box::new(source_lookups.clone()))?;
         registry.register(Box::new(source_failures.clone()))?;
         registry.register(Box::new(source_stale_hits.clone()))?;
+        registry.register(Box::new(throttle_failures.clone()))?;
+        registry.register(Box::new(throttle_clients.clone()))?;
         registry.register(Box::new(token_file_reloads.clone()))?;
         registry.register(Box::new(token_file_healthy.clone()))?;
         registry.register(Box::new(tokens_loaded.clone()))?;
@@ -194,6 +212,8 @@ impl Metrics {
             source_lookups,
             source_failures,
             source_stale_hits,
+            throttle_failures,
+            throttle_clients,
             token_file_reloads,
             token_file_healthy,
             tokens_loaded,

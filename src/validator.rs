@@ -246,6 +246,27 @@ impl Validator {
         }
     }
 
+    /// The answer the cache alone gives, without asking the source: `Malformed` for a bad
+    /// shape, the cached verdict on a fresh hit, none on a miss. The throttle consults this
+    /// first, so a throttled client never causes a source lookup and a cached live token never
+    /// touches the throttle.
+    #[inline]
+    pub fn cached(&self, value: &[u8], now: UnixSeconds) -> Option<Verdict> {
+        if token::check(value).is_err() {
+            return Some(Verdict::Malformed);
+        }
+        let generation = match &self.source {
+            Source::File(f) => f.generation(),
+            Source::Introspect(_) => 0,
+        };
+        let entry = self.cache.get(&Digest::of(value))?;
+        if !entry.is_fresh(generation) {
+            return None;
+        }
+        self.metrics.cache_hits.inc();
+        Some(verdict(entry.token, now))
+    }
+
     /// Entries currently cached, after applying pending evictions (for /metrics, not per request).
     pub fn cached_entries(&self) -> u64 {
         self.cache.run_pending_tasks();

@@ -35,6 +35,7 @@ use crate::clock;
 use crate::config::{Config, ForwardingConfig, Policy, UpstreamProtocol};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::route::{Route, RouteTable};
+use crate::throttle::Throttle;
 use crate::token::Token;
 use crate::validator::{Validator, Verdict};
 pub use reject::Reject;
@@ -54,6 +55,9 @@ pub struct Gateway<C = HttpsConnector<HttpConnector>, B = Incoming> {
     max_header_bytes: usize,
     unrouted: RouteMetrics,
     access_log: bool,
+    throttle: Option<Throttle>,
+    throttle_failures: prometheus::IntCounter,
+    throttle_clients: prometheus::IntGauge,
 }
 
 /// Who sent a request, as the listener saw it.
@@ -119,6 +123,9 @@ where
             max_header_bytes: config.limits.max_header_bytes,
             unrouted: metrics.for_route(""),
             access_log: config.log.access,
+            throttle: Throttle::new(&config.throttle),
+            throttle_failures: metrics.throttle_failures.clone(),
+            throttle_clients: metrics.throttle_clients.clone(),
         }
     }
 
@@ -131,7 +138,7 @@ where
             .then(|| (req.method().clone(), req.uri().clone()));
         let (parts, body) = req.into_parts();
         let version = parts.version;
-        let (route, token, outcome, mut res) = match self.admit(&parts).await {
+        let (route, token, outcome, mut res) = match self.admit(&parts, client).await {
             Err((route, reject)) => (
                 route,
                 None,
@@ -198,7 +205,11 @@ where
     }
 
     /// The check, route and authorize phases; no I/O but a cache miss, no allocation on a hit.
-    async fn admit(&self, parts: &Parts) -> Result<Admitted<'_>, (Option<&Route>, Reject)> {
+    async fn admit(
+        &self,
+        parts: &Parts,
+        client: Peer,
+    ) -> Result<Admitted<'_>, (Option<&Route>, Reject)> {
         let header_bytes: usize = parts
             .headers
             .iter()
@@ -224,14 +235,33 @@ where
             return Ok(Admitted { route, token: None });
         }
         let deny = |r| Err((Some(&**route), r));
+        let now = clock::now();
         let value = match auth::credentials(&parts.headers) {
             Credentials::Bearer(v) => v,
-            Credentials::Absent => return deny(Reject::MissingCredentials),
-            Credentials::NotBearer => return deny(Reject::NotBearer),
             Credentials::Duplicated => return deny(Reject::DuplicateAuthorization),
+            missing => {
+                let reject = match missing {
+                    Credentials::Absent => Reject::MissingCredentials,
+                    _ => Reject::NotBearer,
+                };
+                return deny(self.failed(parts, client, reject));
+            }
         };
-        let now = clock::now();
-        match self.validator.validate(value, now).await {
+        // A live cached token passes without touching the throttle; anything else is checked
+        // against the client's failure bucket before the source is asked.
+        let verdict = match self.validator.cached(value, now) {
+            Some(v @ Verdict::Valid(_)) => v,
+            cached => {
+                if let Some(reject) = self.throttled(parts, client) {
+                    return deny(reject);
+                }
+                match cached {
+                    Some(v) => v,
+                    None => self.validator.validate(value, now).await,
+                }
+            }
+        };
+        match verdict {
             Verdict::Valid(token) if auth::permits(route.policy, &route.name, &token) => {
                 token.mark_used(now);
                 Ok(Admitted {
@@ -240,9 +270,35 @@ where
                 })
             }
             Verdict::Valid(_) => deny(Reject::InsufficientScope),
-            Verdict::Malformed | Verdict::Unknown | Verdict::Expired => deny(Reject::InvalidToken),
+            Verdict::Malformed | Verdict::Unknown | Verdict::Expired => {
+                deny(self.failed(parts, client, Reject::InvalidToken))
+            }
             Verdict::Unavailable => deny(Reject::SourceUnavailable),
         }
+    }
+
+    /// 429 when the client's failure bucket is empty.
+    fn throttled(&self, parts: &Parts, client: Peer) -> Option<Reject> {
+        let throttle = self.throttle.as_ref()?;
+        let ip = throttle.client(client.addr.ip(), &parts.headers);
+        throttle
+            .blocked(ip)
+            .map(|wait| Reject::Throttled(wait.as_secs_f64().ceil() as u32))
+    }
+
+    /// Counts a failed authorization against the client, or answers 429 if its bucket was
+    /// already empty.
+    fn failed(&self, parts: &Parts, client: Peer, reject: Reject) -> Reject {
+        let Some(throttle) = &self.throttle else {
+            return reject;
+        };
+        if let Some(throttled) = self.throttled(parts, client) {
+            return throttled;
+        }
+        throttle.failed(throttle.client(client.addr.ip(), &parts.headers));
+        self.throttle_failures.inc();
+        self.throttle_clients.set(throttle.tracked() as i64);
+        reject
     }
 
     /// The rewrite, forward and respond phases.

@@ -37,6 +37,9 @@ pub enum Reject {
     /// The remote token source could not be asked and the token is not cached (fail closed).
     #[error("token source unavailable")]
     SourceUnavailable,
+    /// Too many failed authorizations from this client; retry after this many seconds.
+    #[error("throttled")]
+    Throttled(u32),
     /// A live token without access to this deployment.
     #[error("insufficient scope")]
     InsufficientScope,
@@ -101,6 +104,11 @@ impl Reject {
                 Some(REALM),
                 r#"{"error":"the token could not be checked: the token service is unreachable; retry shortly"}"#,
             ),
+            Reject::Throttled(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                r#"{"error":"too many failed authorizations from this address; wait for Retry-After seconds"}"#,
+            ),
             Reject::InsufficientScope => (
                 StatusCode::FORBIDDEN,
                 Some(REALM_SCOPE),
@@ -129,6 +137,7 @@ impl Reject {
                 Outcome::Unauthorized
             }
             Reject::SourceUnavailable => Outcome::SourceUnavailable,
+            Reject::Throttled(_) => Outcome::Throttled,
             Reject::InsufficientScope => Outcome::Forbidden,
             Reject::UpstreamUnavailable => Outcome::UpstreamError,
             Reject::UpstreamTimeout => Outcome::UpstreamTimeout,
@@ -144,6 +153,10 @@ impl Reject {
         if let Some(c) = challenge {
             res.headers_mut().insert(WWW_AUTHENTICATE, c);
         }
+        if let Reject::Throttled(seconds) = self {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
         res
     }
 }
@@ -152,7 +165,7 @@ impl Reject {
 mod tests {
     use super::*;
 
-    const ALL: [Reject; 11] = [
+    const ALL: [Reject; 12] = [
         Reject::NoRoute,
         Reject::DotSegments,
         Reject::DuplicateAuthorization,
@@ -161,6 +174,7 @@ mod tests {
         Reject::NotBearer,
         Reject::InvalidToken,
         Reject::SourceUnavailable,
+        Reject::Throttled(3),
         Reject::InsufficientScope,
         Reject::UpstreamUnavailable,
         Reject::UpstreamTimeout,
@@ -168,7 +182,7 @@ mod tests {
 
     #[test]
     fn each_reject_has_its_status() {
-        let want = [404, 400, 400, 431, 401, 401, 401, 401, 403, 502, 504];
+        let want = [404, 400, 400, 431, 401, 401, 401, 401, 429, 403, 502, 504];
         for (r, code) in ALL.iter().zip(want) {
             assert_eq!(r.response().status().as_u16(), code, "{r:?}");
         }

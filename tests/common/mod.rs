@@ -183,8 +183,14 @@ pub async fn gate(body: &str) -> Gate {
 }
 
 pub async fn gate_in(dir: tempfile::TempDir, body: &str) -> Gate {
+    // Tests poll failing requests; only tests that say `throttle:` get the throttle.
+    let throttle = if body.contains("throttle:") {
+        ""
+    } else {
+        "throttle: {failures_per_minute: 0}\n"
+    };
     let text = format!(
-        "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\n{body}"
+        "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\n{throttle}{body}"
     );
     let config = Config::parse(&text, "test.yaml", dir.path()).unwrap();
     let tokens = config.tokens.file.clone();
