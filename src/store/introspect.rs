@@ -184,9 +184,7 @@ impl IntrospectSource {
         if status != StatusCode::OK {
             return Err(IntrospectError::Refused(status));
         }
-        let answer: Answer = serde_json::from_slice(&bytes)
-            .map_err(|e| IntrospectError::Unreadable(e.to_string()))?;
-        record(answer, digest).map(|t| t.map(Arc::new))
+        parse_answer(&bytes, digest).map(|t| t.map(Arc::new))
     }
 
     /// Checks reachability every `every` (by introspecting this gateway's own token) until
@@ -207,6 +205,13 @@ impl IntrospectSource {
             let _ = self.lookup(&own, Digest::of(&own)).await;
         }
     }
+}
+
+/// Reads an introspection answer (network input) into the record it describes, if active.
+pub fn parse_answer(bytes: &[u8], digest: Digest) -> Result<Option<Token>, IntrospectError> {
+    let answer: Answer =
+        serde_json::from_slice(bytes).map_err(|e| IntrospectError::Unreadable(e.to_string()))?;
+    record(answer, digest)
 }
 
 /// Rebuilds the token record an active answer describes.
