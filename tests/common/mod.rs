@@ -109,6 +109,14 @@ async fn respond(
         body_len,
     };
     match path.as_str() {
+        "/big" => {
+            // 16 MiB in 64 KiB frames, for clients that never read.
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let frames = futures_util::stream::iter(
+                (0..256).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+            );
+            Response::new(http_body_util::StreamBody::new(frames).boxed())
+        }
         "/hang" => {
             seen.lock().unwrap().push(record(0));
             let _guard = CountOnDrop(cancelled);

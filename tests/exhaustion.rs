@@ -1,0 +1,292 @@
+//! Exhaustion: under each attack a well-behaved client is served within its normal latency and
+//! the gateway's memory stays bounded. The gateway is the real binary (so its peak RSS is its
+//! own); the upstream and the attackers run in the test. Figures are printed (`--nocapture`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Median latency of 20 sequential requests from a well-behaved keep-alive client.
+async fn probe(addr: SocketAddr) -> Duration {
+    let c = client();
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let a = send(&c, addr, "/", &[]).await;
+        assert_eq!(a.status, StatusCode::OK);
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// A `bentogate serve` child, killed when dropped.
+struct Gateway {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(upstream: SocketAddr) -> Gateway {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bentogate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{format: json, access: false, level: warn}}\nlimits: {{ max_connections: 10000, header_read_timeout: 10s }}\ndeployments:\n{}",
+            deployment("a", upstream, "public", "")
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bentogate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines();
+    let addr = loop {
+        let line = lines.next().expect("bentogate exited").unwrap();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["message"] == "listening" {
+            break v["proxy_addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Gateway {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// Peak resident memory of the gateway process, MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn report(g: &Gateway, attack: &str, baseline: Duration, under: Duration) {
+    eprintln!(
+        "attack {attack}: well-behaved median {under:?} (baseline {baseline:?}); gateway peak RSS {:.1} MiB",
+        peak_rss_mib(g.child.id())
+    );
+    // Generous: the machine has 2 shared cores and the attackers run on them too.
+    assert!(
+        under < baseline * 20 + Duration::from_millis(50),
+        "{attack}: median {under:?} against a baseline of {baseline:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_client_is_served_under_each_attack() {
+    let u = upstream().await;
+    let g = start_gateway(u.addr);
+    let baseline = probe(g.addr).await;
+
+    // 1. Thousands of idle connections.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(g.addr).await.unwrap());
+    }
+    report(&g, "2000 idle connections", baseline, probe(g.addr).await);
+    drop(idle);
+
+    // 2. Slowloris on headers: 200 connections, one header byte at a time.
+    let slow_headers: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = g.addr;
+            tokio::spawn(async move {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    return;
+                };
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await;
+                for _ in 0..100 {
+                    if s.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    report(
+        &g,
+        "200 slowloris header senders",
+        baseline,
+        probe(g.addr).await,
+    );
+    slow_headers.iter().for_each(|t| t.abort());
+
+    // 3. Slowloris on bodies: 100 uploads declaring 1 MB and sending a byte at a time.
+    let slow_bodies: Vec<_> = (0..100)
+        .map(|_| {
+            let addr = g.addr;
+            tokio::spawn(async move {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    return;
+                };
+                let _ = s
+                    .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+                    .await;
+                for _ in 0..100 {
+                    if s.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        })
+        .collect();
+    report(&g, "100 slow body uploads", baseline, probe(g.addr).await);
+    slow_bodies.iter().for_each(|t| t.abort());
+
+    // 4. Clients that never read their 16 MiB responses: backpressure, not buffering.
+    let rss_before = peak_rss_mib(g.child.id());
+    let mut readers = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(g.addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        readers.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the buffers fill
+    report(
+        &g,
+        "50 clients never reading 16 MiB each",
+        baseline,
+        probe(g.addr).await,
+    );
+    let grew = peak_rss_mib(g.child.id()) - rss_before;
+    assert!(
+        grew < 400.0,
+        "50 x 16 MiB responses were buffered: +{grew:.0} MiB"
+    );
+    drop(readers);
+
+    // 5. An upstream that never answers: 50 requests held.
+    let hanging: Vec<_> = (0..50)
+        .map(|_| {
+            let addr = g.addr;
+            tokio::spawn(async move { send(&client(), addr, "/hang", &[]).await })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), || async {
+        u.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path_and_query == "/hang")
+            .count()
+            >= 50
+    })
+    .await;
+    report(
+        &g,
+        "50 requests to a silent upstream",
+        baseline,
+        probe(g.addr).await,
+    );
+    hanging.iter().for_each(|t| t.abort());
+
+    // 6. HTTP/2 rapid reset: streams opened and reset in a loop, reconnecting when refused.
+    let addr = g.addr;
+    let rapid = tokio::spawn(async move {
+        let mut resets = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let Ok(tcp) = TcpStream::connect(addr).await else {
+                break;
+            };
+            let Ok((h2, conn)) = h2::client::handshake(tcp).await else {
+                continue;
+            };
+            tokio::spawn(conn);
+            let Ok(mut h2) = h2.ready().await else {
+                continue;
+            };
+            while Instant::now() < deadline {
+                let req = http::Request::get("http://x/").body(()).unwrap();
+                let Ok((_res, mut stream)) = h2.send_request(req, false) else {
+                    break;
+                };
+                stream.send_reset(h2::Reason::CANCEL);
+                resets += 1;
+                match h2.ready().await {
+                    Ok(h) => h2 = h,
+                    Err(_) => break,
+                }
+            }
+        }
+        resets
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let under = probe(g.addr).await;
+    let resets = rapid.await.unwrap();
+    eprintln!("rapid reset: {resets} streams opened and reset in 2 s");
+    report(&g, "HTTP/2 rapid reset", baseline, under);
+
+    // 7. A flood of SETTINGS and PING frames from a client that never reads the acks.
+    let flood = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let settings = [0u8, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let mut sent = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        if s.write_all(&bytes).await.is_err() {
+            return sent;
+        }
+        while Instant::now() < deadline {
+            let mut burst = Vec::with_capacity(64 * 32);
+            for _ in 0..32 {
+                burst.extend_from_slice(&ping);
+                burst.extend_from_slice(&settings);
+            }
+            match tokio::time::timeout(Duration::from_millis(200), s.write_all(&burst)).await {
+                Ok(Ok(())) => sent += 64,
+                _ => break, // the gateway stopped reading or closed: the flood is contained
+            }
+        }
+        sent
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let under = probe(g.addr).await;
+    let frames = flood.await.unwrap();
+    eprintln!(
+        "SETTINGS/PING flood: {frames} frames written before the gateway pushed back or 2 s passed"
+    );
+    report(&g, "SETTINGS and PING flood", baseline, under);
+
+    let peak = peak_rss_mib(g.child.id());
+    eprintln!("gateway peak RSS over all attacks: {peak:.1} MiB");
+    assert!(peak < 512.0, "memory not bounded: {peak:.0} MiB");
+}
