@@ -8,6 +8,7 @@
 //! main.rs (bin)   command line, tracing, runtime; calls server::run or cli
 //! cli/            token and member commands, local (token file) or remote (--endpoint)
 //! server.rs       listeners, connections, limits, reloads, graceful shutdown
+//! throttle.rs     per-address failure buckets (429)
 //! tls.rs          certificates, SNI resolver, TLS server config
 //! admin.rs        /healthz /readyz /metrics on the admin listener; routes control-plane paths
 //! control/        control plane: permission rules, BentoCloud token API, /v1/introspect
