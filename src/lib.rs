@@ -33,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod periodic;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -157,17 +157,14 @@ impl SniResolver {
     }
 
     /// Checks the files every [`POLL_INTERVAL`] until `shutdown`.
-    pub async fn watch(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+    pub async fn watch(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        crate::periodic::every(POLL_INTERVAL, shutdown, || {
             let me = Arc::clone(&self);
-            let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
-        }
+            async move {
+                let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
+            }
+        })
+        .await
     }
 }
 

@@ -223,18 +223,9 @@ impl FileSource {
     pub async fn flush_usage_every(
         self: Arc<Self>,
         every: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            Arc::clone(&self).flush_usage_logged().await;
-        }
+        crate::periodic::every(every, shutdown, || Arc::clone(&self).flush_usage_logged()).await
     }
 
     /// [`FileSource::flush_usage`] off the request threads, with its outcome logged.
@@ -248,23 +239,20 @@ impl FileSource {
     }
 
     /// Polls the file until `shutdown` resolves.
-    pub async fn watch(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+    pub async fn watch(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        crate::periodic::every(POLL_INTERVAL, shutdown, || {
             let me = Arc::clone(&self);
-            // Parsing a large file must not stall a worker thread that serves requests.
-            if tokio::task::spawn_blocking(move || me.reload_if_changed())
-                .await
-                .is_err()
-            {
-                tracing::error!("token file reload task failed");
+            async move {
+                // Parsing a large file must not stall a worker thread that serves requests.
+                if tokio::task::spawn_blocking(move || me.reload_if_changed())
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("token file reload task failed");
+                }
             }
-        }
+        })
+        .await
     }
 }
 

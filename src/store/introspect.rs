@@ -192,18 +192,16 @@ impl IntrospectSource {
     pub async fn probe_every(
         self: Arc<Self>,
         every: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+        crate::periodic::every(every, shutdown, || {
+            let me = Arc::clone(&self);
+            async move {
+                let own = me.config.token.expose().as_bytes().to_vec();
+                let _ = me.lookup(&own, Digest::of(&own)).await;
             }
-            let own = self.config.token.expose().as_bytes().to_vec();
-            let _ = self.lookup(&own, Digest::of(&own)).await;
-        }
+        })
+        .await
     }
 }
 
