@@ -6,6 +6,7 @@
 //! `/readyz` answers 200 while serving (with the token file's state: a rejected file keeps the
 //! last good set and says so here) and 503 while draining; `/metrics` is Prometheus text.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::control::api::Api;
 use crate::control::introspect::Introspection;
 use crate::control::Store;
 use crate::metrics::Metrics;
+use crate::throttle::Throttle;
 use crate::validator::{Source, Validator};
 
 /// Largest control-plane request body read; a token create is a few hundred bytes.
@@ -31,18 +33,22 @@ pub struct Admin {
     api: Api,
     introspection: Introspection,
     store: Option<Arc<Store>>,
+    throttle: Option<Throttle>,
 }
 
 impl Admin {
     /// Reports on these parts of a running server.
-    /// `store` is the writable token store behind the control-plane API, if this gateway has one.
+    /// `store` is the writable token store behind the control-plane API, if this gateway has one;
+    /// `throttle` limits failed control-plane authorizations per address.
     pub fn new(
         metrics: Arc<Metrics>,
         validator: Arc<Validator>,
         store: Option<Arc<Store>>,
         draining: Arc<AtomicBool>,
+        throttle: Option<Throttle>,
     ) -> Admin {
         Admin {
+            throttle,
             api: Api::new(Arc::clone(&validator), store.clone()),
             store,
             introspection: Introspection::new(Arc::clone(&validator)),
@@ -53,14 +59,14 @@ impl Admin {
     }
 
     /// Serves one admin request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path();
         if path.starts_with("/api/v1/") || path == "/v1/introspect" {
-            return self.control(req).await;
+            return self.control(req, peer).await;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(
@@ -89,12 +95,30 @@ impl Admin {
         }
     }
 
-    async fn control<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    async fn control<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
+        // Key guessing against the API is throttled like guessing on the proxy listeners.
+        let client = self
+            .throttle
+            .as_ref()
+            .map(|t| t.client(peer, &parts.headers));
+        if let (Some(t), Some(ip)) = (&self.throttle, client) {
+            if let Some(wait) = t.blocked(ip) {
+                let mut res = json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    r#"{"error":"too many failed authorizations from this address; wait for Retry-After seconds"}"#.into(),
+                );
+                res.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+                );
+                return res;
+            }
+        }
         let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
@@ -124,6 +148,9 @@ impl Admin {
         } else {
             self.api.handle(&parts, body).await
         };
+        if let (StatusCode::UNAUTHORIZED, Some(t), Some(ip)) = (status, &self.throttle, client) {
+            t.failed(ip);
+        }
         json(status, value.to_string())
     }
 
@@ -200,6 +227,7 @@ mod tests {
                 validator,
                 None,
                 Arc::new(AtomicBool::new(draining)),
+                None,
             ),
             dir,
         )
@@ -209,7 +237,7 @@ mod tests {
         let req = Request::get(path)
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
-        block_on(admin.handle(req)).status()
+        block_on(admin.handle(req, std::net::Ipv4Addr::LOCALHOST.into())).status()
     }
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -240,6 +240,7 @@ impl App {
             Arc::clone(&validator),
             store,
             Arc::clone(&draining),
+            crate::throttle::Throttle::new(&config.throttle),
         ));
         Ok(App {
             limits: config.limits.clone(),
@@ -326,9 +327,9 @@ impl App {
                 Arc::new(Semaphore::new(limits.max_connections)),
             )));
         }
-        let admin_handler = move |req: Request<Incoming>, _peer: Peer| {
+        let admin_handler = move |req: Request<Incoming>, peer: Peer| {
             let admin = Arc::clone(&admin);
-            async move { admin.handle(req).await }
+            async move { admin.handle(req, peer.addr.ip()).await }
         };
         loops.push(tokio::spawn(accept_loop(
             listeners.admin,

@@ -277,3 +277,32 @@ async fn http2_requests_with_connection_specific_headers_are_refused() {
         "a malformed HTTP/2 request reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn guessing_control_plane_keys_is_throttled_too() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "throttle: {{ failures_per_minute: 60, burst: 3 }}\ndeployments:\n{}",
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+    let ask = |key: String| async move {
+        request(
+            &client(),
+            "GET",
+            g.admin,
+            "/api/v1/api_tokens",
+            &[("x-yatai-api-token", &key)],
+            "",
+        )
+        .await
+    };
+    for _ in 0..3 {
+        assert_eq!(ask(bad_token()).await.status, StatusCode::UNAUTHORIZED);
+    }
+    let a = ask(bad_token()).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(a.headers.contains_key("retry-after"));
+    // Health checks on the same listener are not affected.
+    assert_eq!(status(g.admin, "/healthz", None).await, StatusCode::OK);
+}
