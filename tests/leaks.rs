@@ -245,6 +245,19 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
         .body,
     );
     values.push(made_value);
+    // A value pasted where a uid or a route goes is neither echoed nor logged.
+    for v in &values {
+        for (method, path) in [
+            ("GET", format!("/api/v1/api_tokens/{v}")),
+            ("DELETE", format!("/api/v1/api_tokens/{v}")),
+            ("GET", format!("/api/v1/{v}")),
+        ] {
+            for key in [admin_key, &unknown] {
+                let headers = [("x-yatai-api-token", key.as_str())];
+                bodies.push(request(&h1, method, admin, &path, &headers, "").await.body);
+            }
+        }
+    }
     for v in &values {
         bodies.push(
             request(

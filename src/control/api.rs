@@ -131,7 +131,7 @@ impl Api {
                 let uid = (*uid).to_owned();
                 blocking(Box::new(move |s| {
                     let outcome = s.delete(&caller, &uid);
-                    let t = audited(&caller, "token.delete", &uid, outcome)?;
+                    let t = audited(&caller, "token.delete", super::shown_uid(&uid), outcome)?;
                     Ok((
                         StatusCode::OK,
                         View::new(&s.read()?).token(&t, clock::now()),
@@ -169,7 +169,8 @@ impl Api {
                 member_change(blocking, caller, change, "member.promote").await
             }
             _ => Err(ControlError::NotFound(format!(
-                "no API route {method} {path}; see the README's API reference"
+                "no API route {method} {}; see the README's API reference",
+                route_label(path)
             ))),
         }
     }
@@ -183,7 +184,7 @@ impl Api {
         headers: &HeaderMap,
     ) -> Result<Caller, ControlError> {
         let refused = |e: ControlError| {
-            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path, outcome = "refused", reason = %e, "control-plane authorization failed");
+            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path = route_label(path), outcome = "refused", reason = %e, "control-plane authorization failed");
             e
         };
         let Some(value) = presented_token(headers) else {
@@ -210,7 +211,7 @@ impl Api {
             .await
             .map_err(|_| ControlError::Unavailable("the store task failed".into()))?;
         caller.map_err(|e| {
-            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path, actor_uid = %uid, outcome = "refused", reason = %e, "control-plane authorization failed");
+            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path = route_label(path), actor_uid = %uid, outcome = "refused", reason = %e, "control-plane authorization failed");
             e
         })
     }
@@ -282,6 +283,23 @@ fn audit_failure(
         }
     }
     e
+}
+
+/// A path as audit lines and errors may show it: the route's shape, never the caller's segments
+/// (a token pasted into the path must not reach the log).
+fn route_label(path: &str) -> String {
+    let rest = path.strip_prefix("/api/v1/").unwrap_or("");
+    let mut parts = rest.trim_end_matches('/').split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("api_tokens"), Some(_), _) => "/api/v1/api_tokens/{uid}".into(),
+        (Some("members"), Some(_), Some("promote")) => "/api/v1/members/{name}/promote".into(),
+        (Some("members"), Some(_), _) => "/api/v1/members/{name}".into(),
+        (Some(first @ ("api_tokens" | "members" | "current_org")), None, _) => {
+            format!("/api/v1/{first}")
+        }
+        (Some("auth"), Some("current"), None) => "/api/v1/auth/current".into(),
+        _ => "/api/v1/(unknown)".into(),
+    }
 }
 
 /// The token a control-plane request presents: `X-YATAI-API-TOKEN`, else a Bearer token.
@@ -486,6 +504,25 @@ mod tests {
             Err(ControlError::Invalid(m)) if m.contains("root")
         ));
         assert!(parse_create(b"not json").is_err());
+    }
+
+    #[test]
+    fn logged_paths_never_carry_the_callers_segments() {
+        let t = "bgt_abcdefghijabcdefghijabcdefghij012345";
+        for p in [
+            format!("/api/v1/api_tokens/{t}"),
+            format!("/api/v1/members/{t}/promote"),
+            format!("/api/v1/{t}"),
+            format!("/api/v1/auth/{t}"),
+        ] {
+            assert!(!route_label(&p).contains(t), "{p}");
+        }
+        assert_eq!(route_label("/api/v1/api_tokens"), "/api/v1/api_tokens");
+        assert_eq!(super::super::shown_uid(t), "(not a uid)");
+        assert_eq!(
+            super::super::shown_uid("0123456789abcdef0123"),
+            "0123456789abcdef0123"
+        );
     }
 
     #[test]

@@ -398,7 +398,17 @@ pub fn matches_search(t: &Token, s: &str) -> bool {
 }
 
 fn no_token(uid: &str) -> ControlError {
-    ControlError::NotFound(format!("no token with uid `{uid}`"))
+    ControlError::NotFound(format!("no token with uid `{}`", shown_uid(uid)))
+}
+
+/// A uid from the request as it may be echoed or logged: only if it has a uid's shape (20 hex
+/// characters), since a caller who pastes a token value where a uid goes must not see it logged.
+pub fn shown_uid(uid: &str) -> &str {
+    if uid.len() == 20 && uid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        uid
+    } else {
+        "(not a uid)"
+    }
 }
 
 fn no_member(name: &str) -> ControlError {
