@@ -191,6 +191,23 @@ impl Admin {
                     },
                 }),
             ),
+            // Not listening means revocations could be missed and unknown tokens fail closed:
+            // the load balancer should send new callers to a replica that can see the database.
+            Source::Postgres(db) => (
+                if db.is_reachable() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                serde_json::json!({
+                    "status": if db.is_reachable() { "ready" } else { "unavailable" },
+                    "token_source": {
+                        "kind": "postgres",
+                        "database": db.describe(),
+                        "last_error": db.last_error(),
+                    },
+                }),
+            ),
         };
         json(status, body.to_string())
     }

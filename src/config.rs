@@ -35,7 +35,9 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// How often last-use times are written to the token file (SPEC: at most a few seconds late).
 pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(5);
-/// How long cached tokens keep passing while the introspection control plane is unreachable.
+/// Connections per replica to the `postgres` source.
+pub const DEFAULT_PG_POOL_SIZE: usize = 4;
+/// How long cached tokens keep passing while a remote token source is unreachable.
 pub const DEFAULT_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -193,6 +195,20 @@ struct RawTokens {
     usage_flush: Option<Dur>,
     #[serde(default)]
     introspect: Option<RawIntrospect>,
+    #[serde(default)]
+    postgres: Option<RawPostgres>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: String,
+    #[serde(default)]
+    pool_size: Option<usize>,
+    #[serde(default)]
+    timeout: Option<Dur>,
+    #[serde(default)]
+    stale_if_error: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -409,6 +425,33 @@ pub struct TokensConfig {
     pub usage_flush: Duration,
     /// With `source: introspect`, where to ask; none for the file source.
     pub introspect: Option<IntrospectConfig>,
+    /// With `source: postgres`, the shared database; none otherwise.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// The `postgres` source: one database shared by every replica.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// The connection string as written (may hold a password: never logged).
+    pub url: String,
+    /// The parsed connection settings.
+    pub settings: tokio_postgres::Config,
+    /// Connections each replica keeps for lookups and control-plane writes.
+    pub pool_size: usize,
+    /// Deadline for connecting and for one lookup: no request waits longer on the database.
+    pub timeout: Duration,
+    /// How long cached tokens keep passing while the database is unreachable.
+    pub stale_if_error: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("hosts", &self.settings.get_hosts())
+            .field("dbname", &self.settings.get_dbname())
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `introspect` source: another bentogate's `/v1/introspect`.
@@ -734,9 +777,25 @@ impl Validator<'_> {
     }
 
     fn tokens(&self, raw: RawTokens, base: &Path) -> Result<TokensConfig, ConfigError> {
+        if raw.postgres.is_some() && raw.source != RawSourceKind::Postgres {
+            return Err(self.error(
+                "tokens.postgres",
+                &["postgres:"],
+                "`postgres:` is read only with `source: postgres`; set the source or remove the section",
+            ));
+        }
+        let postgres = match (raw.source, raw.postgres) {
+            (RawSourceKind::Postgres, Some(p)) => Some(self.postgres(p)?),
+            (RawSourceKind::Postgres, None) => return Err(self.error(
+                "tokens.postgres",
+                &["source:"],
+                "`source: postgres` needs `postgres: { url: \"postgres://USER@HOST:5432/DB\" }`",
+            )),
+            _ => None,
+        };
         let introspect = match (raw.source, raw.introspect) {
-            (RawSourceKind::File, None) => None,
-            (RawSourceKind::File, Some(_)) => {
+            (RawSourceKind::File | RawSourceKind::Postgres, None) => None,
+            (RawSourceKind::File | RawSourceKind::Postgres, Some(_)) => {
                 return Err(self.error(
                     "tokens.introspect",
                     &["introspect:"],
@@ -751,13 +810,6 @@ impl Validator<'_> {
                 ))
             }
             (RawSourceKind::Introspect, Some(i)) => Some(self.introspect(i, base)?),
-            (RawSourceKind::Postgres, _) => {
-                return Err(self.error(
-                    "tokens.source",
-                    &["source:"],
-                    "the `postgres` source is not available in this build; use `source: file` or `source: introspect`",
-                ))
-            }
         };
         let file = base.join(
             raw.file
@@ -795,6 +847,62 @@ impl Validator<'_> {
             negative_ttl,
             usage_flush,
             introspect,
+            postgres,
+        })
+    }
+
+    fn postgres(&self, raw: RawPostgres) -> Result<PostgresConfig, ConfigError> {
+        let settings = tokio_postgres::Config::from_str(&raw.url).map_err(|e| {
+            self.error(
+                "tokens.postgres.url",
+                &["url:"],
+                // The error text never quotes the URL: it may hold a password.
+                format!("not a PostgreSQL connection string ({e}); write it like postgres://bentogate@db:5432/bentogate"),
+            )
+        })?;
+        if settings.get_hosts().is_empty() {
+            return Err(self.error(
+                "tokens.postgres.url",
+                &["url:"],
+                "the connection string names no host; write it like postgres://bentogate@db:5432/bentogate",
+            ));
+        }
+        if settings.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(self.error(
+                "tokens.postgres.url",
+                &["url:"],
+                "sslmode=require: TLS to PostgreSQL is not supported in this build; connect over a private network or a local TLS tunnel and drop sslmode",
+            ));
+        }
+        let pool_size = raw.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+        if pool_size == 0 {
+            return Err(self.error(
+                "tokens.postgres.pool_size",
+                &["pool_size:"],
+                "must be at least 1; the default is 4",
+            ));
+        }
+        let positive = |key: &str, d: Option<Dur>, default: Duration| {
+            let d = d.map_or(default, |d| d.0);
+            if d.is_zero() {
+                return Err(self.error(key, &[], "must be longer than zero"));
+            }
+            Ok(d)
+        };
+        Ok(PostgresConfig {
+            url: raw.url,
+            settings,
+            pool_size,
+            timeout: positive(
+                "tokens.postgres.timeout",
+                raw.timeout,
+                Duration::from_secs(2),
+            )?,
+            stale_if_error: positive(
+                "tokens.postgres.stale_if_error",
+                raw.stale_if_error,
+                DEFAULT_STALE_IF_ERROR,
+            )?,
         })
     }
 
@@ -1352,10 +1460,26 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_source_is_refused_clearly() {
-        let text = format!("{MINIMAL}tokens:\n  source: postgres\n");
-        let e = parse(&text).unwrap_err().to_string();
-        assert!(e.contains("test.yaml:6: tokens.source"), "{e}");
+    fn postgres_source_needs_a_url_and_never_echoes_it() {
+        let missing = format!("{MINIMAL}tokens:\n  source: postgres\n");
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.contains("test.yaml:6: tokens.postgres"), "{e}");
+        let ok = format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url: \"postgres://bg:s3cret@db:5432/tokens\", pool_size: 2, timeout: 500ms }}\n");
+        let c = parse(&ok).unwrap();
+        let pg = c.tokens.postgres.unwrap();
+        assert_eq!((pg.pool_size, pg.timeout), (2, Duration::from_millis(500)));
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let bad = format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url: \"postgres://bg:s3cret@db:notaport/x\" }}\n");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.postgres.url") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let stray = format!("{MINIMAL}tokens:\n  postgres: {{ url: \"postgres://db/x\" }}\n");
+        assert!(parse(&stray)
+            .unwrap_err()
+            .to_string()
+            .contains("tokens.postgres"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bentogate::cli::{self, Cli, Command};
 use bentogate::config::{Config, LogFormat};
 use bentogate::server::{self, Listeners};
 
-use bentogate::store::TokenFile;
+use bentogate::store::{TokenFile, Writable};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -20,12 +20,23 @@ fn main() -> ExitCode {
             Err(e) => fail(2, &e.to_string()),
         },
         Command::Check(arg) => check(arg.config.as_deref()),
+        Command::Migrate(args) => {
+            let config = match cli::load_config(args.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e.to_string()),
+            };
+            let mut out = std::io::stdout().lock();
+            match cli::migrate(&args, &config, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+            }
+        }
         Command::Token { command, common } => match common.endpoint() {
             Some(endpoint) => with_remote(&endpoint, |remote, out| {
                 remote.token(command, common.output, out)
             }),
             None => with_token_file(&common, |file, out| {
-                cli::token(command, file, common.output, out)
+                cli::token(command, file.clone(), common.output, out)
             }),
         },
         Command::Member { command, common } => match common.endpoint() {
@@ -33,7 +44,7 @@ fn main() -> ExitCode {
                 remote.member(command, common.output, out)
             }),
             None => with_token_file(&common, |file, out| {
-                cli::member(command, file, common.output, out)
+                cli::member(command, file.clone(), common.output, out)
             }),
         },
     }
@@ -46,14 +57,17 @@ fn fail(code: u8, message: &str) -> ExitCode {
 
 fn with_token_file(
     common: &cli::Common,
-    run: impl FnOnce(&std::path::Path, &mut dyn Write) -> Result<(), cli::CliError>,
+    run: impl FnOnce(&Writable, &mut dyn Write) -> Result<(), cli::CliError>,
 ) -> ExitCode {
     let config = match cli::load_config(common.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(2, &e.to_string()),
     };
-    let mut out = std::io::stdout().lock();
-    match run(&config.tokens.file, &mut out) {
+    let outcome = cli::local_store(&config).and_then(|local| {
+        let mut out = std::io::stdout().lock();
+        local.run(|store| run(store, &mut out))
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e.exit_code() as u8, &e.to_string()),
     }
@@ -80,6 +94,15 @@ fn check(path: Option<&std::path::Path>) -> ExitCode {
     };
     let file = &config.tokens.file;
     let tokens = match std::fs::read_to_string(file) {
+        _ if config.tokens.postgres.is_some() => format!(
+            "tokens in PostgreSQL at {:?} (not contacted by check)",
+            config
+                .tokens
+                .postgres
+                .as_ref()
+                .map(|p| p.settings.get_dbname().unwrap_or_default().to_owned())
+                .unwrap_or_default()
+        ),
         _ if config.tokens.introspect.is_some() => format!(
             "tokens from {}",
             config
@@ -172,7 +195,7 @@ async fn serve_until_signal(
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
     };
-    let app = server::App::build(config)?;
+    let app = server::App::build(config).await?;
     let reloader = app.reloader();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;

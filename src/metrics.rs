@@ -98,6 +98,12 @@ pub struct Metrics {
     pub token_file_healthy: IntGauge,
     /// Tokens in the current set (valid records, all owners).
     pub tokens_loaded: IntGauge,
+    /// 1 while the remote token source (database or control plane) is reachable; 1 for a file.
+    pub token_source_up: IntGauge,
+    /// Cache entries evicted because another replica (or this one) changed the token.
+    pub revocations_received: IntCounter,
+    /// Whole-cache flushes (after the database connection was lost and regained).
+    pub cache_flushes: IntCounter,
 }
 
 /// Pre-resolved handles for one deployment.
@@ -180,6 +186,19 @@ impl Metrics {
             "1 when the last token file read succeeded; 0 while the last good set is kept",
         )?;
         let tokens_loaded = IntGauge::new("bentogate_tokens_loaded", "Tokens in the current set")?;
+        let token_source_up = IntGauge::new(
+            "bentogate_token_source_up",
+            "1 while the token source is reachable; 0 while unknown tokens fail closed",
+        )?;
+        token_source_up.set(1);
+        let revocations_received = IntCounter::new(
+            "bentogate_token_revocations_received_total",
+            "Cache entries evicted on a change notification from the token database",
+        )?;
+        let cache_flushes = IntCounter::new(
+            "bentogate_token_cache_flushes_total",
+            "Whole-cache flushes after the token database connection was regained",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("bentogate_build_info", "Build information; always 1"),
             &["version"],
@@ -196,6 +215,9 @@ impl Metrics {
         registry.register(Box::new(source_lookups.clone()))?;
         registry.register(Box::new(source_failures.clone()))?;
         registry.register(Box::new(source_stale_hits.clone()))?;
+        registry.register(Box::new(token_source_up.clone()))?;
+        registry.register(Box::new(revocations_received.clone()))?;
+        registry.register(Box::new(cache_flushes.clone()))?;
         registry.register(Box::new(throttle_failures.clone()))?;
         registry.register(Box::new(throttle_clients.clone()))?;
         registry.register(Box::new(token_file_reloads.clone()))?;
@@ -217,6 +239,9 @@ impl Metrics {
             token_file_reloads,
             token_file_healthy,
             tokens_loaded,
+            token_source_up,
+            revocations_received,
+            cache_flushes,
         })
     }
 

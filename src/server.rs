@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::proxy::upstream::UpstreamTlsError;
 use crate::proxy::{Gateway, Peer};
 use crate::store::introspect::IntrospectSource;
+use crate::store::postgres::PgSource;
 use crate::store::{FileSource, StoreError};
 use crate::tls::{SniResolver, TlsError};
 use crate::validator::{Source, Validator};
@@ -54,6 +55,9 @@ pub enum StartError {
     /// The token file could not be loaded.
     #[error("token file: {0}")]
     Tokens(#[from] StoreError),
+    /// The token database could not be reached or migrated at start.
+    #[error("token database: {0}; check tokens.postgres.url and that the server is up")]
+    Database(#[from] crate::store::postgres::PgError),
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -211,30 +215,41 @@ pub struct App {
     admin: Arc<Admin>,
     draining: Arc<AtomicBool>,
     usage_flush: Duration,
+    /// The database's listening connection, opened by `build`, run by `serve`.
+    subscription: Option<crate::store::postgres::Session>,
 }
 
 impl App {
     /// Loads the token source and builds the data plane for `config`.
-    pub fn build(config: Config) -> Result<App, StartError> {
+    pub async fn build(config: Config) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new()?);
-        let (source, validator) = match &config.tokens.introspect {
-            None => {
-                let file = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
-                let validator =
-                    Validator::new(&config.tokens, Arc::clone(&file), Arc::clone(&metrics));
-                (Some(file), validator)
-            }
-            Some(remote) => {
+        let mut subscription = None;
+        let (source, validator, store) = match (&config.tokens.introspect, &config.tokens.postgres)
+        {
+            (Some(remote), _) => {
                 let remote = Arc::new(IntrospectSource::new(remote.clone(), Arc::clone(&metrics)));
                 let validator =
                     Validator::introspecting(&config.tokens, remote, Arc::clone(&metrics));
-                (None, validator)
+                (None, Arc::new(validator), None)
+            }
+            (None, Some(pg)) => {
+                let db = Arc::new(PgSource::connect(pg.clone(), Arc::clone(&metrics)).await?);
+                // Listening before serving: nothing is cached that a revocation could miss.
+                subscription = Some(db.subscribe().await?);
+                let validator =
+                    Validator::postgres(&config.tokens, Arc::clone(&db), Arc::clone(&metrics));
+                (None, validator, Some(Arc::new(Store::postgres(db))))
+            }
+            (None, None) => {
+                let file = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
+                let validator =
+                    Validator::new(&config.tokens, Arc::clone(&file), Arc::clone(&metrics));
+                let store = Arc::new(Store::new(Arc::clone(&file)));
+                (Some(file), Arc::new(validator), Some(store))
             }
         };
-        let validator = Arc::new(validator);
         let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics)?;
         let draining = Arc::new(AtomicBool::new(false));
-        let store = source.as_ref().map(|f| Arc::new(Store::new(Arc::clone(f))));
         let admin = Arc::new(Admin::new(
             Arc::clone(&metrics),
             Arc::clone(&validator),
@@ -257,6 +272,7 @@ impl App {
             validator,
             admin,
             draining,
+            subscription,
         })
     }
 
@@ -276,6 +292,7 @@ impl App {
             admin,
             draining,
             usage_flush,
+            subscription,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let settings = Arc::new(ConnSettings {
@@ -292,10 +309,22 @@ impl App {
                 Arc::clone(source).flush_usage_every(usage_flush, stop_rx.clone()),
             ));
         }
-        if let Source::Introspect(remote) = validator.source() {
-            loops.push(tokio::spawn(
+        match validator.source() {
+            Source::Introspect(remote) => loops.push(tokio::spawn(
                 Arc::clone(remote).probe_every(INTROSPECT_PROBE_INTERVAL, stop_rx.clone()),
-            ));
+            )),
+            Source::Postgres(db) => {
+                loops.push(tokio::spawn(
+                    Arc::clone(db).listen(subscription, stop_rx.clone()),
+                ));
+                let (db, validator) = (Arc::clone(db), Arc::clone(&validator));
+                loops.push(tokio::spawn(crate::periodic::every(
+                    usage_flush,
+                    stop_rx.clone(),
+                    move || flush_database_usage(Arc::clone(&db), Arc::clone(&validator)),
+                )));
+            }
+            Source::File(_) => {}
         }
         if let Ok(mut r) = live.resolvers.lock() {
             *r = listeners.proxy.iter().map(|l| l.tls.clone()).collect();
@@ -357,7 +386,19 @@ impl App {
         if let Some(source) = source {
             source.flush_usage_logged().await;
         }
+        if let Source::Postgres(db) = validator.source() {
+            flush_database_usage(Arc::clone(db), Arc::clone(&validator)).await;
+        }
         tracing::info!("bye");
+    }
+}
+
+/// Writes the last uses the data plane saw to the database in one statement.
+async fn flush_database_usage(db: Arc<PgSource>, validator: Arc<Validator>) {
+    match db.flush_usage(validator.used_tokens()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(tokens = n, "last-use times written"),
+        Err(e) => tracing::warn!(error = %e, "could not write last-use times; will retry"),
     }
 }
 
@@ -367,7 +408,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    App::build(config)?.serve(listeners, shutdown).await;
+    App::build(config).await?.serve(listeners, shutdown).await;
     Ok(())
 }
 
@@ -648,7 +689,7 @@ impl Running {
         let admin_addr = listeners
             .admin_addr()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let app = App::build(config)?;
+        let app = App::build(config).await?;
         let reloader = app.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(app.serve(listeners, async move {

@@ -16,6 +16,10 @@
 //! expiry, if sooner); entries live TTL + stale-if-error, so when the control plane cannot be
 //! reached a token seen lately keeps passing for that window, while a token never seen fails
 //! closed ([`Verdict::Unavailable`]). Concurrent misses of one digest share one remote call.
+//!
+//! The `postgres` source works the same way, with two additions: a change notification evicts
+//! the named entries at once (and a lookup that raced the eviction answers without caching), and
+//! a reconnect to the database bumps its generation, which drops every entry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,7 @@ use crate::clock::UnixSeconds;
 use crate::config::TokensConfig;
 use crate::metrics::Metrics;
 use crate::store::introspect::IntrospectSource;
+use crate::store::postgres::{Eviction, PgSource};
 use crate::store::FileSource;
 use crate::token::{self, Digest, Token};
 
@@ -52,6 +57,8 @@ pub enum Source {
     File(Arc<FileSource>),
     /// A remote control plane's `/v1/introspect`.
     Introspect(Arc<IntrospectSource>),
+    /// The database shared by every replica; revocations arrive as notifications.
+    Postgres(Arc<PgSource>),
 }
 
 /// One remote lookup shared by every request that missed on the same digest meanwhile.
@@ -101,6 +108,59 @@ impl Validator {
         Self::build(config, life, Source::Introspect(source), metrics)
     }
 
+    /// Builds the cache described by `config` in front of the shared database, and subscribes
+    /// it to the database's revocations. Entries live TTL + stale-if-error; they count as fresh
+    /// for the TTL (the backstop behind notifications) or until evicted.
+    pub fn postgres(
+        config: &TokensConfig,
+        source: Arc<PgSource>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Validator> {
+        let life = config.cache_ttl + source.stale_if_error();
+        let validator = Arc::new(Self::build(
+            config,
+            life,
+            Source::Postgres(Arc::clone(&source)),
+            metrics,
+        ));
+        let weak = Arc::downgrade(&validator);
+        source.set_evictor(Box::new(move |eviction| {
+            if let Some(v) = weak.upgrade() {
+                v.evict(eviction);
+            }
+        }));
+        validator
+    }
+
+    /// Drops evicted entries, and any lookup in flight for them, so the next request asks the
+    /// source again. (A whole flush is done by the source's generation; in-flight lookups are
+    /// dropped here.)
+    fn evict(&self, eviction: &Eviction) {
+        let Ok(mut inflight) = self.inflight.lock() else {
+            return;
+        };
+        match eviction {
+            Eviction::All => inflight.clear(),
+            Eviction::Tokens(digests) => {
+                for d in digests {
+                    inflight.remove(d);
+                    self.cache.invalidate(d);
+                }
+            }
+        }
+    }
+
+    /// Tokens the data plane let through since start, with their last use: what the
+    /// database's last-use batch writes (the file source keeps its own records).
+    pub fn used_tokens(&self) -> Vec<(String, UnixSeconds)> {
+        self.cache
+            .iter()
+            .filter_map(|(_, e)| e.token)
+            .filter(|t| t.used.get() > 0)
+            .map(|t| (t.uid.clone(), t.used.get()))
+            .collect()
+    }
+
     fn build(
         config: &TokensConfig,
         life: Duration,
@@ -134,8 +194,8 @@ impl Validator {
             Source::File(f) => f,
             // Boxed: inlined, the remote call's large future would be part of every request's
             // future, file source included (measured: 0.7-1.4 % fewer instructions per request).
-            Source::Introspect(remote) => {
-                return Box::pin(self.validate_remote(remote, value, digest, now)).await
+            Source::Introspect(_) | Source::Postgres(_) => {
+                return Box::pin(self.validate_remote(value, digest, now)).await
             }
         };
         let generation = source.generation();
@@ -171,26 +231,22 @@ impl Validator {
         verdict(entry.token, now)
     }
 
-    /// The introspect path: a fresh entry answers; otherwise one remote call per digest, and
-    /// on failure the stale positive (within stale-if-error) or a fail-closed refusal.
-    async fn validate_remote(
-        &self,
-        remote: &IntrospectSource,
-        value: &[u8],
-        digest: Digest,
-        now: UnixSeconds,
-    ) -> Verdict {
+    /// The remote path (introspect, postgres): a fresh entry answers; otherwise one source
+    /// call per digest, and on failure the stale positive (within stale-if-error) or a
+    /// fail-closed refusal.
+    async fn validate_remote(&self, value: &[u8], digest: Digest, now: UnixSeconds) -> Verdict {
+        let (generation, reachable) = self.remote_state();
         let cached = self.cache.get(&digest);
         if let Some(e) = &cached {
-            if e.is_fresh(0) {
+            if e.is_fresh(generation) {
                 self.metrics.cache_hits.inc();
                 return verdict(e.token.clone(), now);
             }
         }
         self.metrics.cache_misses.inc();
-        if !remote.is_reachable() {
-            // Known to be away (the last call or probe failed): answer now from what is cached
-            // rather than make every request wait for a timeout; the probe notices the return.
+        if !reachable {
+            // Known to be away (the last call, probe or listening connection failed): answer
+            // now from what is cached rather than make every request wait for a timeout.
             return self.stale_or_closed(cached, now);
         }
         let cell = {
@@ -202,26 +258,35 @@ impl Validator {
         let outcome = cell
             .get_or_init(|| async {
                 self.metrics.source_lookups.inc();
-                let found = remote.lookup(value, digest).await;
-                match found {
-                    Ok(token) => {
-                        let refresh = match &token {
-                            None => self.negative_ttl,
-                            Some(t) => self.positive_ttl.min(until(t.expired_at, now)),
-                        };
-                        self.cache.insert(
-                            digest,
-                            Entry {
-                                token: token.clone(),
-                                generation: 0,
-                                stale_after: Some(Instant::now() + refresh),
-                            },
-                        );
-                        Ok(token)
+                let epoch = self.evictions();
+                let found = match &self.source {
+                    Source::File(f) => Ok(f.lookup(&digest)),
+                    Source::Introspect(remote) => {
+                        remote.lookup(value, digest).await.map_err(|_| ())
                     }
-                    // Counted in source failures by the source itself (probes fail there too).
-                    Err(_) => Err(()),
+                    Source::Postgres(db) => db.lookup(&digest).await.map_err(|_| ()),
+                };
+                let Ok(token) = found else {
+                    // Counted in source failures by the source itself.
+                    return Err(());
+                };
+                // A revocation that arrived while we asked may concern what we read: answer
+                // this request, but do not keep it.
+                if self.evictions() == epoch {
+                    let refresh = match &token {
+                        None => self.negative_ttl,
+                        Some(t) => self.positive_ttl.min(until(t.expired_at, now)),
+                    };
+                    self.cache.insert(
+                        digest,
+                        Entry {
+                            token: token.clone(),
+                            generation,
+                            stale_after: Some(Instant::now() + refresh),
+                        },
+                    );
                 }
+                Ok(token)
             })
             .await
             .clone();
@@ -233,6 +298,23 @@ impl Validator {
         match outcome {
             Ok(token) => verdict(token, now),
             Err(()) => self.stale_or_closed(cached, now),
+        }
+    }
+
+    /// The remote source's cache generation and whether it is reachable.
+    fn remote_state(&self) -> (u64, bool) {
+        match &self.source {
+            Source::File(f) => (f.generation(), true),
+            Source::Introspect(r) => (0, r.is_reachable()),
+            Source::Postgres(db) => (db.generation(), db.is_reachable()),
+        }
+    }
+
+    /// The source's eviction counter (postgres); constant for the others.
+    fn evictions(&self) -> u64 {
+        match &self.source {
+            Source::Postgres(db) => db.evictions(),
+            _ => 0,
         }
     }
 
@@ -260,6 +342,7 @@ impl Validator {
         let generation = match &self.source {
             Source::File(f) => f.generation(),
             Source::Introspect(_) => 0,
+            Source::Postgres(db) => db.generation(),
         };
         let entry = self.cache.get(&Digest::of(value))?;
         if !entry.is_fresh(generation) {

@@ -17,8 +17,8 @@ use serde::Deserialize;
 use crate::clock;
 use crate::config::{Config, ConfigError};
 use crate::control::{apply_member_change, matches_search, ControlError, MemberChange};
-use crate::store::file::update;
-use crate::store::{StoreError, TokenFile};
+use crate::store::postgres::PgSource;
+use crate::store::{StoreError, TokenFile, Writable};
 use crate::token::{self, Digest, OwnerKind, Scope, Scopes, Secret, Token};
 pub use output::Output;
 
@@ -47,6 +47,9 @@ pub enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Copy a token file into the configured PostgreSQL database, or the database into a new
+    /// token file (uids, digests, expiries, last uses and memberships kept).
+    Migrate(MigrateArgs),
     /// Add, remove, promote and list members of the organization.
     Member {
         /// The member command.
@@ -64,6 +67,20 @@ pub struct ConfigArg {
     /// The YAML configuration; without it the embedded config.example.yaml is used.
     #[arg(long, short = 'c', env = "BENTOGATE_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// What `migrate` takes: exactly one direction.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The configuration naming the database (`tokens.source: postgres`).
+    #[arg(long, short = 'c', env = "BENTOGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Import this token file into the database; records already there (by uid) are kept.
+    #[arg(long, conflicts_with = "to_file", required_unless_present = "to_file")]
+    pub from_file: Option<PathBuf>,
+    /// Export the database into this token file, which must not exist yet.
+    #[arg(long)]
+    pub to_file: Option<PathBuf>,
 }
 
 /// Options shared by the token and member commands.
@@ -223,6 +240,107 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// The store a local command works on, with the runtime a database needs.
+pub struct Local {
+    store: Writable,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Local {
+    /// Runs `f` on the store; database calls inside it are driven by this command's runtime.
+    pub fn run<T>(&self, f: impl FnOnce(&Writable) -> T) -> T {
+        let _entered = self.runtime.as_ref().map(|r| r.enter());
+        f(&self.store)
+    }
+}
+
+/// The configured store for local commands: the token file, or the database (connected and
+/// migrated here).
+pub fn local_store(config: &Config) -> Result<Local, CliError> {
+    let Some(pg) = &config.tokens.postgres else {
+        return Ok(Local {
+            store: Writable::File(config.tokens.file.clone()),
+            runtime: None,
+        });
+    };
+    // One worker thread drives the connections while the command blocks on them.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let metrics = std::sync::Arc::new(
+        crate::metrics::Metrics::new().map_err(|e| CliError::Io(e.to_string()))?,
+    );
+    let db = runtime
+        .block_on(PgSource::connect(pg.clone(), metrics))
+        .map_err(|e| CliError::Store(StoreError::from(e)))?;
+    Ok(Local {
+        store: Writable::Postgres(std::sync::Arc::new(db)),
+        runtime: Some(runtime),
+    })
+}
+
+/// Runs `migrate`: file to database or database to file.
+pub fn migrate(args: &MigrateArgs, config: &Config, out: &mut dyn Write) -> Result<(), CliError> {
+    if config.tokens.postgres.is_none() {
+        return Err(CliError::Usage(format!(
+            "{}: migrate needs a configuration with `tokens.source: postgres` and `tokens.postgres.url`",
+            config.origin
+        )));
+    }
+    if let Some(to) = &args.to_file {
+        if to.exists() {
+            return Err(CliError::Usage(format!(
+                "{} exists; migrate --to-file writes a new file only (move the old one away first)",
+                to.display()
+            )));
+        }
+    }
+    let local = local_store(config)?;
+    let Writable::Postgres(db) = &local.store else {
+        return Err(CliError::Usage("migrate needs the postgres source".into()));
+    };
+    let said = match (&args.from_file, &args.to_file) {
+        (Some(from), None) => {
+            let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
+            let mut file = TokenFile::parse(&text, from)?;
+            crate::store::usage::merge(&mut file, &crate::store::usage::read(from));
+            let offered = (file.members.len(), file.tokens.len());
+            let (members, tokens) =
+                local.run(|_| tokio::runtime::Handle::current().block_on(db.import(file)))?;
+            format!(
+                "imported {members} of {} members and {tokens} of {} tokens from {} into {}; the rest were already there",
+                offered.0,
+                offered.1,
+                from.display(),
+                local.store.describe()
+            )
+        }
+        (None, Some(to)) => {
+            let all = local.run(|store| store.read())?;
+            let counts = (all.members.len(), all.tokens.len());
+            crate::store::file::update(to, move |f| {
+                *f = all;
+                Ok(())
+            })?;
+            format!(
+                "exported {} members and {} tokens from {} to {}",
+                counts.0,
+                counts.1,
+                local.store.describe(),
+                to.display()
+            )
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give exactly one of --from-file FILE or --to-file FILE".into(),
+            ))
+        }
+    };
+    output::message(out, Output::Table, &said)?;
+    Ok(())
+}
+
 /// Loads `--config`, or the embedded example when none is given.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path {
@@ -234,10 +352,11 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 /// Runs a token command against `file`, printing to `out`.
 pub fn token(
     command: TokenCommand,
-    file: &Path,
+    store: impl Into<Writable>,
     format: Output,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    let file = &store.into();
     match command {
         TokenCommand::Create(args) => {
             let (secret, record) = create(args, file)?;
@@ -263,13 +382,14 @@ pub fn token(
             output::token(out, format, t, clock::now())?;
         }
         TokenCommand::Delete { uid } => {
-            let removed = update(file, |f| {
-                Ok(f.tokens
-                    .iter()
-                    .position(|t| t.uid == uid)
-                    .map(|i| f.tokens.remove(i)))
-            })?
-            .ok_or_else(|| no_token(&uid))?;
+            let removed = file
+                .update(|f| {
+                    Ok(f.tokens
+                        .iter()
+                        .position(|t| t.uid == uid)
+                        .map(|i| f.tokens.remove(i)))
+                })?
+                .ok_or_else(|| no_token(&uid))?;
             output::message(
                 out,
                 format,
@@ -294,8 +414,8 @@ fn no_token(uid: &str) -> CliError {
     ))
 }
 
-fn read(file: &Path) -> Result<TokenFile, CliError> {
-    Ok(crate::store::usage::load_for_display(file)?)
+fn read(file: &Writable) -> Result<TokenFile, CliError> {
+    Ok(file.read()?)
 }
 
 /// Reads `--expires` (a duration from `now` or an absolute time), refusing the past.
@@ -315,7 +435,7 @@ pub(crate) fn expiry(
     Ok(expired_at)
 }
 
-fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
+fn create(args: CreateArgs, file: &Writable) -> Result<(Secret, Token), CliError> {
     let now = clock::now();
     let expired_at = expiry(args.expires.as_deref(), now)?;
     let scopes = Scopes::from_slice(&args.scopes);
@@ -339,7 +459,7 @@ fn create(args: CreateArgs, file: &Path) -> Result<(Secret, Token), CliError> {
         ..Token::new(uid, args.name, secret.digest(), args.user, now)
     };
     let stored = record.clone();
-    let usage = update(file, move |f| {
+    let usage = file.update(move |f| {
         if stored.kind == OwnerKind::Personal && !f.member(&stored.user).is_some_and(|m| m.active) {
             return Ok(Some(format!(
                 "no active member `{}`; add one with `bentogate member add {}`",
@@ -388,7 +508,7 @@ impl std::fmt::Debug for ImportEntry {
     }
 }
 
-fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
+fn import(from: &Path, file: &Writable) -> Result<(usize, usize), CliError> {
     let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
     let bad = |line: Option<usize>, message: String| StoreError::Corrupt {
         path: from.display().to_string(),
@@ -442,7 +562,7 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
             ..Token::new(uid, e.name, digest, e.user, now)
         });
     }
-    Ok(update(file, move |f| {
+    Ok(file.update(move |f| {
         let mut known: std::collections::HashSet<Digest> =
             f.tokens.iter().map(|t| t.digest).collect();
         let total = records.len();
@@ -457,10 +577,11 @@ fn import(from: &Path, file: &Path) -> Result<(usize, usize), CliError> {
 /// Runs a member command against `file`, printing to `out`.
 pub fn member(
     command: MemberCommand,
-    file: &Path,
+    store: impl Into<Writable>,
     format: Output,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
+    let file = &store.into();
     let change = match command {
         MemberCommand::Add { name, email, admin } => MemberChange::Add { name, email, admin },
         MemberCommand::Remove { name } => MemberChange::Remove { name },
@@ -477,12 +598,14 @@ pub fn member(
         MemberChange::Promote { name } => format!("{name} is now an admin"),
     };
     let removal = matches!(change, MemberChange::Remove { .. });
-    let killed = update(file, |f| Ok(apply_member_change(f, change)))?.map_err(|e| match e {
-        ControlError::NotFound(m) => {
-            CliError::NotFound(format!("{m}; `bentogate member list` shows them"))
-        }
-        other => CliError::Usage(other.to_string()),
-    })?;
+    let killed = file
+        .update(|f| Ok(apply_member_change(f, change)))?
+        .map_err(|e| match e {
+            ControlError::NotFound(m) => {
+                CliError::NotFound(format!("{m}; `bentogate member list` shows them"))
+            }
+            other => CliError::Usage(other.to_string()),
+        })?;
     let said = if removal {
         format!("{said} and deleted {killed} personal tokens")
     } else {

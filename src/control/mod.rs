@@ -1,4 +1,5 @@
-//! The control plane: who may do what to tokens and members, over the writable token file.
+//! The control plane: who may do what to tokens and members, over the writable store (the
+//! token file or the shared database).
 //!
 //! Owns the permission rules of SPEC section 2 ([`Caller`]) and the operations the HTTP API
 //! ([`api`]) and token introspection ([`introspect`]) expose. Every change goes through the
@@ -9,14 +10,13 @@
 pub mod api;
 pub mod introspect;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::StatusCode;
 
 use crate::clock::{self, UnixSeconds};
-use crate::store::file::update;
-use crate::store::{FileSource, Member, Role, StoreError, TokenFile};
+use crate::store::postgres::PgSource;
+use crate::store::{FileSource, Member, Role, StoreError, TokenFile, Writable};
 use crate::token::{self, OwnerKind, Scope, Scopes, Secret, Token};
 
 /// Why a control-plane request was refused.
@@ -50,6 +50,7 @@ impl ControlError {
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::Store(StoreError::Database(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -124,38 +125,50 @@ pub struct NewToken {
 
 /// The writable token store behind the control plane.
 pub struct Store {
-    file: PathBuf,
-    source: Arc<FileSource>,
+    writable: Writable,
+    /// The file source the data plane reads, reloaded after every write; none for the
+    /// database (its writes evict through notifications).
+    file: Option<Arc<FileSource>>,
 }
 
 impl Store {
     /// The control plane over the token file `source` reads.
     pub fn new(source: Arc<FileSource>) -> Store {
         Store {
-            file: source.path().to_owned(),
-            source,
+            writable: Writable::File(source.path().to_owned()),
+            file: Some(source),
         }
     }
 
-    /// The whole file as it is now, with last-use times merged in.
-    pub fn read(&self) -> Result<TokenFile, ControlError> {
-        Ok(crate::store::usage::load_for_display(&self.file)?)
+    /// The control plane over the shared database.
+    pub fn postgres(db: Arc<PgSource>) -> Store {
+        Store {
+            writable: Writable::Postgres(db),
+            file: None,
+        }
     }
 
-    /// Applies `change` under the writer's lock, then makes the data plane see it at once.
+    /// Everything as it is now, with last-use times merged in.
+    pub fn read(&self) -> Result<TokenFile, ControlError> {
+        Ok(self.writable.read()?)
+    }
+
+    /// Applies `change` atomically, then makes the data plane see it at once.
     pub fn write<T>(
         &self,
         change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
     ) -> Result<T, ControlError> {
-        let out = update(&self.file, change)?;
-        self.source.reload_if_changed();
+        let out = self.writable.update(change)?;
+        self.refresh();
         Ok(out)
     }
 
     /// Picks up edits made to the file by others (the local CLI, an operator) before a
     /// control-plane request is judged, instead of waiting for the next poll.
     pub fn refresh(&self) {
-        self.source.reload_if_changed();
+        if let Some(f) = &self.file {
+            f.reload_if_changed();
+        }
     }
 
     /// The caller for a live token: it must hold the `api` scope.
@@ -167,7 +180,7 @@ impl Store {
             ));
         }
         let member = match token.kind {
-            OwnerKind::Personal => self.read()?.member(&token.user).cloned(),
+            OwnerKind::Personal => self.writable.member(&token.user)?,
             OwnerKind::Organization => None,
         };
         Ok(Caller { token, member })

@@ -129,6 +129,7 @@ impl IntrospectSource {
             }
         };
         if self.reachable.swap(reachable, Ordering::AcqRel) != reachable {
+            self.metrics.token_source_up.set(i64::from(reachable));
             match &error {
                 Some(e) => {
                     tracing::error!(url = %self.config.url, error = %e, "introspection control plane unreachable: cached tokens keep passing, unknown ones are refused")
