@@ -204,6 +204,8 @@ struct RawTokens {
 struct RawPostgres {
     url: String,
     #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
     pool_size: Option<usize>,
     #[serde(default)]
     timeout: Option<Dur>,
@@ -785,7 +787,7 @@ impl Validator<'_> {
             ));
         }
         let postgres = match (raw.source, raw.postgres) {
-            (RawSourceKind::Postgres, Some(p)) => Some(self.postgres(p)?),
+            (RawSourceKind::Postgres, Some(p)) => Some(self.postgres(p, base)?),
             (RawSourceKind::Postgres, None) => return Err(self.error(
                 "tokens.postgres",
                 &["source:"],
@@ -851,8 +853,8 @@ impl Validator<'_> {
         })
     }
 
-    fn postgres(&self, raw: RawPostgres) -> Result<PostgresConfig, ConfigError> {
-        let settings = tokio_postgres::Config::from_str(&raw.url).map_err(|e| {
+    fn postgres(&self, raw: RawPostgres, base: &Path) -> Result<PostgresConfig, ConfigError> {
+        let mut settings = tokio_postgres::Config::from_str(&raw.url).map_err(|e| {
             self.error(
                 "tokens.postgres.url",
                 &["url:"],
@@ -873,6 +875,17 @@ impl Validator<'_> {
                 &["url:"],
                 "sslmode=require: TLS to PostgreSQL is not supported in this build; connect over a private network or a local TLS tunnel and drop sslmode",
             ));
+        }
+        if let Some(path) = raw.password_file {
+            let path = base.join(path);
+            let password = std::fs::read_to_string(&path).map_err(|e| {
+                self.error(
+                    "tokens.postgres.password_file",
+                    &["password_file:"],
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            settings.password(password.trim_end_matches(['\r', '\n']));
         }
         let pool_size = raw.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
         if pool_size == 0 {
@@ -1473,6 +1486,20 @@ mod tests {
         let e = parse(&bad).unwrap_err().to_string();
         assert!(
             e.contains("tokens.postgres.url") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
+        let with_file = format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url: \"postgres://bg@db/x\", password_file: pw }}\n");
+        let c = Config::parse(&with_file, "test.yaml", dir.path()).unwrap();
+        let pg = c.tokens.postgres.unwrap();
+        assert_eq!(pg.settings.get_password(), Some(&b"hunter2"[..]));
+        let missing = with_file.replace("password_file: pw", "password_file: nope");
+        let e = Config::parse(&missing, "test.yaml", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokens.postgres.password_file") && e.contains("nope"),
             "{e}"
         );
         let stray = format!("{MINIMAL}tokens:\n  postgres: {{ url: \"postgres://db/x\" }}\n");

@@ -847,3 +847,40 @@ async fn migrate_moves_a_file_store_into_the_database_and_back() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("exists"), "{stderr}");
 }
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_its_database_and_says_why() {
+    // A port nothing listens on: bind one, note it, free it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("replica.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\n{}deployments:\n  - {{name: a, upstream: \"http://127.0.0.1:9\", policy: protected}}\n",
+            tokens_section(&format!("postgres://bg:s3cret@{free}/nothing"))
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bentogate"));
+    cmd.args(["serve", "--config", config.to_str().unwrap()]);
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("token database") && stderr.contains("tokens.postgres.url"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("s3cret"),
+        "the password was printed: {stderr}"
+    );
+}
