@@ -247,7 +247,7 @@ impl Validator {
         if !reachable {
             // Known to be away (the last call, probe or listening connection failed): answer
             // now from what is cached rather than make every request wait for a timeout.
-            return self.stale_or_closed(cached, now);
+            return self.stale_or_closed(cached, generation, now);
         }
         let cell = {
             let Ok(mut inflight) = self.inflight.lock() else {
@@ -297,7 +297,7 @@ impl Validator {
         }
         match outcome {
             Ok(token) => verdict(token, now),
-            Err(()) => self.stale_or_closed(cached, now),
+            Err(()) => self.stale_or_closed(cached, generation, now),
         }
     }
 
@@ -320,9 +320,15 @@ impl Validator {
 
     /// While the remote source is unreachable: a positive seen within TTL + stale-if-error
     /// keeps passing (moka has already dropped older ones); anything else fails closed.
-    fn stale_or_closed(&self, cached: Option<Entry>, now: UnixSeconds) -> Verdict {
+    /// Only an entry of the current generation counts: after the database connection came
+    /// back, older entries may hold tokens revoked while nobody listened.
+    fn stale_or_closed(&self, cached: Option<Entry>, generation: u64, now: UnixSeconds) -> Verdict {
         match cached {
-            Some(Entry { token: Some(t), .. }) => {
+            Some(Entry {
+                token: Some(t),
+                generation: seen,
+                ..
+            }) if seen == generation => {
                 self.metrics.source_stale_hits.inc();
                 verdict(Some(t), now)
             }
