@@ -176,41 +176,40 @@ impl Admin {
             ),
             // Unknown tokens fail closed while the control plane is away: this replica cannot
             // serve new callers, so it reports not ready.
-            Source::Introspect(remote) => (
-                if remote.is_reachable() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                },
+            Source::Introspect(remote) => remote_readiness(
+                remote.is_reachable(),
                 serde_json::json!({
-                    "status": if remote.is_reachable() { "ready" } else { "unavailable" },
-                    "token_source": {
-                        "kind": "introspect",
-                        "url": remote.url().to_string(),
-                        "last_error": remote.last_error(),
-                    },
+                    "kind": "introspect",
+                    "url": remote.url().to_string(),
+                    "last_error": remote.last_error(),
                 }),
             ),
             // Not listening means revocations could be missed and unknown tokens fail closed:
             // the load balancer should send new callers to a replica that can see the database.
-            Source::Postgres(db) => (
-                if db.is_reachable() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                },
+            Source::Postgres(db) => remote_readiness(
+                db.is_reachable(),
                 serde_json::json!({
-                    "status": if db.is_reachable() { "ready" } else { "unavailable" },
-                    "token_source": {
-                        "kind": "postgres",
-                        "database": db.describe(),
-                        "last_error": db.last_error(),
-                    },
+                    "kind": "postgres",
+                    "database": db.describe(),
+                    "last_error": db.last_error(),
                 }),
             ),
         };
         json(status, body.to_string())
     }
+}
+
+/// Ready (200) while a remote token source answers, 503 while it does not.
+fn remote_readiness(reachable: bool, source: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    let (status, word) = if reachable {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (
+        status,
+        serde_json::json!({ "status": word, "token_source": source }),
+    )
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -853,6 +853,20 @@ impl Validator<'_> {
         })
     }
 
+    /// A duration that must be longer than zero, or `default`.
+    fn positive(
+        &self,
+        key: &str,
+        d: Option<Dur>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = d.map_or(default, |d| d.0);
+        if d.is_zero() {
+            return Err(self.error(key, &[], "must be longer than zero"));
+        }
+        Ok(d)
+    }
+
     fn postgres(&self, raw: RawPostgres, base: &Path) -> Result<PostgresConfig, ConfigError> {
         let mut settings = tokio_postgres::Config::from_str(&raw.url).map_err(|e| {
             self.error(
@@ -895,23 +909,16 @@ impl Validator<'_> {
                 "must be at least 1; the default is 4",
             ));
         }
-        let positive = |key: &str, d: Option<Dur>, default: Duration| {
-            let d = d.map_or(default, |d| d.0);
-            if d.is_zero() {
-                return Err(self.error(key, &[], "must be longer than zero"));
-            }
-            Ok(d)
-        };
         Ok(PostgresConfig {
             url: raw.url,
             settings,
             pool_size,
-            timeout: positive(
+            timeout: self.positive(
                 "tokens.postgres.timeout",
                 raw.timeout,
                 Duration::from_secs(2),
             )?,
-            stale_if_error: positive(
+            stale_if_error: self.positive(
                 "tokens.postgres.stale_if_error",
                 raw.stale_if_error,
                 DEFAULT_STALE_IF_ERROR,
@@ -959,22 +966,15 @@ impl Validator<'_> {
                 "the introspection token is not a token; create one on the control plane with `bentogate token create NAME --scope read_cluster`",
             ));
         }
-        let positive = |key: &str, d: Option<Dur>, default: Duration| {
-            let d = d.map_or(default, |d| d.0);
-            if d.is_zero() {
-                return Err(self.error(key, &[], "must be longer than zero"));
-            }
-            Ok(d)
-        };
         Ok(IntrospectConfig {
             url,
             token: std::sync::Arc::new(crate::token::Secret::new(token)),
-            stale_if_error: positive(
+            stale_if_error: self.positive(
                 "tokens.introspect.stale_if_error",
                 raw.stale_if_error,
                 DEFAULT_STALE_IF_ERROR,
             )?,
-            timeout: positive(
+            timeout: self.positive(
                 "tokens.introspect.timeout",
                 raw.timeout,
                 Duration::from_secs(2),
