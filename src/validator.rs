@@ -18,7 +18,8 @@
 //! closed ([`Verdict::Unavailable`]). Concurrent misses of one digest share one remote call.
 //!
 //! The `postgres` source works the same way, with two additions: a change notification evicts
-//! the named entries at once (and a lookup that raced the eviction answers without caching), and
+//! the named entries at once (and a lookup of that digest that raced the eviction answers
+//! without caching), and
 //! a reconnect to the database bumps its generation, which drops every entry.
 
 use std::collections::HashMap;
@@ -258,7 +259,6 @@ impl Validator {
         let outcome = cell
             .get_or_init(|| async {
                 self.metrics.source_lookups.inc();
-                let epoch = self.evictions();
                 let found = match &self.source {
                     Source::File(f) => Ok(f.lookup(&digest)),
                     Source::Introspect(remote) => {
@@ -270,21 +270,24 @@ impl Validator {
                     // Counted in source failures by the source itself.
                     return Err(());
                 };
-                // A revocation that arrived while we asked may concern what we read: answer
-                // this request, but do not keep it.
-                if self.evictions() == epoch {
-                    let refresh = match &token {
-                        None => self.negative_ttl,
-                        Some(t) => self.positive_ttl.min(until(t.expired_at, now)),
-                    };
-                    self.cache.insert(
-                        digest,
-                        Entry {
-                            token: token.clone(),
-                            generation,
-                            stale_after: Some(Instant::now() + refresh),
-                        },
-                    );
+                // An eviction of this digest while we asked removed our cell: what we read may
+                // predate the change, so answer this request but do not keep it. The lock
+                // orders this check and insert against `evict`.
+                if let Ok(inflight) = self.inflight.lock() {
+                    if inflight.get(&digest).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                        let refresh = match &token {
+                            None => self.negative_ttl,
+                            Some(t) => self.positive_ttl.min(until(t.expired_at, now)),
+                        };
+                        self.cache.insert(
+                            digest,
+                            Entry {
+                                token: token.clone(),
+                                generation,
+                                stale_after: Some(Instant::now() + refresh),
+                            },
+                        );
+                    }
                 }
                 Ok(token)
             })
@@ -307,14 +310,6 @@ impl Validator {
             Source::File(f) => (f.generation(), true),
             Source::Introspect(r) => (0, r.is_reachable()),
             Source::Postgres(db) => (db.generation(), db.is_reachable()),
-        }
-    }
-
-    /// The source's eviction counter (postgres); constant for the others.
-    fn evictions(&self) -> u64 {
-        match &self.source {
-            Source::Postgres(db) => db.evictions(),
-            _ => 0,
         }
     }
 

@@ -561,6 +561,15 @@ async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
     let (_, kept) = create(a.admin_addr, &root, "kept").await;
     let (doomed_uid, doomed) = create(a.admin_addr, &root, "doomed").await;
     let (_, unseen) = create(a.admin_addr, &root, "unseen").await;
+    // Creations are announced too (to drop cached "unknown" answers); let B hear all three
+    // first, or the announcement could evict what B is about to cache.
+    eventually(Duration::from_secs(3), || async {
+        metric(
+            &metrics(b.admin_addr).await,
+            "bentogate_token_revocations_received_total",
+        ) >= 3.0
+    })
+    .await;
     assert_eq!(status(bp, "/a/x", Some(&kept)).await, StatusCode::OK);
     assert_eq!(status(bp, "/a/x", Some(&doomed)).await, StatusCode::OK);
 
