@@ -572,6 +572,15 @@ async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
     .await;
     assert_eq!(status(bp, "/a/x", Some(&kept)).await, StatusCode::OK);
     assert_eq!(status(bp, "/a/x", Some(&doomed)).await, StatusCode::OK);
+    let (s, _) = api(
+        b.admin_addr,
+        "GET",
+        "/api/v1/api_tokens",
+        &root,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
 
     // A silent network: no request waits longer than the lookup timeout (500 ms) on it.
     relay.set(Mode::Blackhole).await;
@@ -604,6 +613,19 @@ async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
         StatusCode::UNAUTHORIZED
     );
     assert!(started.elapsed() < Duration::from_secs(1));
+    // B's control plane cannot reach its store: 503 with the reason, at once.
+    let started = Instant::now();
+    let (s, v) = api(
+        b.admin_addr,
+        "GET",
+        "/api/v1/api_tokens",
+        &root,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("database"), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(2));
     let never = bentogate::token::Secret::generate().unwrap();
     assert_eq!(
         status(bp, "/a/x", Some(never.expose())).await,

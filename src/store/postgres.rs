@@ -51,6 +51,10 @@ const DIGESTS_PER_NOTIFY: usize = 100;
 /// Beyond this many changed tokens one write asks for a whole-cache flush instead.
 const MAX_NAMED_EVICTIONS: usize = 2_000;
 
+/// Whole-organization reads and writes get this many lookup timeouts (30 s by default): they
+/// touch every record, yet must not hang on a dead database either.
+const WRITE_DEADLINE_FACTOR: u32 = 15;
+
 /// How often the listening connection proves it is alive when no notification comes.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -331,6 +335,13 @@ impl PgSource {
 
     /// The whole organization, as one consistent snapshot.
     pub async fn read(&self) -> Result<TokenFile, PgError> {
+        let limit = self.config.timeout * WRITE_DEADLINE_FACTOR;
+        tokio::time::timeout(limit, self.read_snapshot())
+            .await
+            .unwrap_or(Err(PgError::Timeout(limit)))
+    }
+
+    async fn read_snapshot(&self) -> Result<TokenFile, PgError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
@@ -345,20 +356,34 @@ impl PgSource {
 
     /// One member, for authorizing a control-plane caller without reading every token.
     pub async fn member(&self, name: &str) -> Result<Option<Member>, PgError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT name, email, role, active FROM bentogate_members WHERE name = $1",
-                &[&name],
-            )
-            .await?;
-        row.map(|r| member_from_row(&r)).transpose()
+        self.deadline(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT name, email, role, active FROM bentogate_members WHERE name = $1",
+                    &[&name],
+                )
+                .await?;
+            row.map(|r| member_from_row(&r)).transpose()
+        })
+        .await
     }
 
     /// Reads the organization, lets `change` edit it, and writes the difference back in one
     /// transaction under [`WRITE_LOCK`], with a NOTIFY for every token that changed or died.
     /// Evicts those tokens from this replica's cache before returning.
+    /// Bounded by `timeout` x [`WRITE_DEADLINE_FACTOR`]: a write reads every record.
     pub async fn update<T>(
+        &self,
+        change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let limit = self.config.timeout * WRITE_DEADLINE_FACTOR;
+        tokio::time::timeout(limit, self.update_in_transaction(change))
+            .await
+            .unwrap_or_else(|_| Err(PgError::Timeout(limit).into()))
+    }
+
+    async fn update_in_transaction<T>(
         &self,
         change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
