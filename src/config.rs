@@ -529,15 +529,6 @@ pub struct IdentityHeaders {
     pub token_owner: Option<HeaderName>,
 }
 
-impl IdentityHeaders {
-    /// The configured names, for removing client-sent copies.
-    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
-        [&self.token_uid, &self.token_name, &self.token_owner]
-            .into_iter()
-            .flatten()
-    }
-}
-
 /// Protective limits on clients.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
