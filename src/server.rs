@@ -346,7 +346,9 @@ impl App {
             let live = Arc::clone(&live);
             let handler = move |req: Request<Incoming>, peer: Peer| {
                 let gateway = live.gateway.load_full();
-                async move { gateway.handle(req, peer).await }
+                // Boxed once here: the request's future is large (2.5 KB) and hyper's service
+                // layers would otherwise copy it several times per request.
+                Box::pin(async move { gateway.handle(req, peer).await })
             };
             loops.push(tokio::spawn(accept_loop(
                 l.listener,

@@ -93,7 +93,13 @@ impl Gateway {
             config,
             validator,
             metrics,
-            UpstreamClient::new(&config.forwarding)?,
+            UpstreamClient::new(
+                &config.forwarding,
+                config
+                    .deployments
+                    .iter()
+                    .any(|d| d.upstream.scheme == http::uri::Scheme::HTTPS),
+            )?,
         ))
     }
 }
@@ -479,6 +485,10 @@ async fn tunnel(
 /// True when a path segment is `.` or `..`, literally or percent-encoded (RFC 3986 section 5.2.4):
 /// such a path could be matched by one route's prefix and resolved by the upstream into another's.
 fn has_dot_segments(path: &str) -> bool {
+    // Most paths hold neither a dot nor a percent sign: one scan decides.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/')
         .any(|seg| matches!(dot_count(seg.as_bytes()), Some(1 | 2)))
 }

@@ -52,15 +52,20 @@ pub enum UpstreamTlsError {
 }
 
 impl UpstreamClient {
-    /// Builds both pools over TCP, with TLS for `https://` upstreams.
-    pub fn new(config: &ForwardingConfig) -> Result<UpstreamClient, UpstreamTlsError> {
+    /// Builds both pools over TCP, with TLS for `https://` upstreams. `any_https` says whether
+    /// the configuration names one: without, the platform's roots are not loaded (2 MiB of
+    /// memory and most of the start-up work on a sidecar that never speaks TLS upstream).
+    pub fn new(
+        config: &ForwardingConfig,
+        any_https: bool,
+    ) -> Result<UpstreamClient, UpstreamTlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
         // The TLS layer needs the URL scheme to reach it.
         connector.enforce_http(false);
-        let tls = client_tls(config)?;
+        let tls = client_tls(config, any_https)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -72,10 +77,15 @@ impl UpstreamClient {
 }
 
 /// The rustls client configuration for upstreams: only the CA file's certificates when one is
-/// configured (a private PKI), else the platform's roots.
-fn client_tls(config: &ForwardingConfig) -> Result<rustls::ClientConfig, UpstreamTlsError> {
+/// configured (a private PKI), else the platform's roots; no roots at all (every server
+/// refused) when no upstream is `https://`. A reload that adds one builds a new client.
+fn client_tls(
+    config: &ForwardingConfig,
+    any_https: bool,
+) -> Result<rustls::ClientConfig, UpstreamTlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match &config.upstream_ca {
+        None if !any_https => {}
         Some(path) => {
             let bad = |message: String| UpstreamTlsError::CaFile {
                 path: path.display().to_string(),
