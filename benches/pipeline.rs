@@ -115,7 +115,7 @@ fn bench(c: &mut Criterion) {
     let source = Arc::new(FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
     let validator = Arc::new(Validator::new(&config.tokens, source, metrics.clone()));
     let client: UpstreamClient<InMemory, Full<Bytes>> =
-        UpstreamClient::with_connector(&config.forwarding, InMemory);
+        UpstreamClient::with_connector(&config, InMemory);
     let gateway = Gateway::with_client(&config, validator, &metrics, client);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -29,6 +29,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Requests in flight to the upstream (bounds its connections); one per route.
     pub slots: Arc<Semaphore>,
+    /// The deployment's position in the configuration: how the upstream client finds its pool.
+    pub index: usize,
 }
 
 impl Route {
@@ -58,8 +60,9 @@ impl RouteTable {
     ) -> RouteTable {
         let mut by_host: HashMap<Box<str>, Vec<Arc<Route>>> = HashMap::new();
         let mut any_host = Vec::new();
-        for d in deployments {
+        for (index, d) in deployments.iter().enumerate() {
             let route = Arc::new(Route {
+                index,
                 name: d.name.as_str().into(),
                 prefix: d.path_prefix.as_str().into(),
                 policy: d.policy,

@@ -27,7 +27,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 
 use crate::auth::{self, Credentials};
@@ -42,7 +42,7 @@ pub use reject::Reject;
 use upstream::{UpstreamBody, UpstreamClient};
 
 /// What a client receives: the upstream's streamed body, or a short body of our own.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+pub type ProxyBody<B = Incoming> = Either<UpstreamBody<B>, Full<Bytes>>;
 
 /// The data plane: everything a request needs, immutable and shared by all connections.
 /// Generic over the upstream connector and the request body only so that benches can run it in
@@ -93,20 +93,17 @@ impl Gateway {
             config,
             validator,
             metrics,
-            UpstreamClient::new(
-                &config.forwarding,
-                config
-                    .deployments
-                    .iter()
-                    .any(|d| d.upstream.scheme == http::uri::Scheme::HTTPS),
-            )?,
+            UpstreamClient::new(config)?,
         ))
     }
 }
 
 impl<C, B> Gateway<C, B>
 where
-    C: Connect + Clone + Send + Sync + 'static,
+    C: tower_service::Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -136,7 +133,7 @@ where
     }
 
     /// Serves one request from `client`.
-    pub async fn handle(&self, req: Request<B>, client: impl Into<Peer>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<B>, client: impl Into<Peer>) -> Response<ProxyBody<B>> {
         let client = client.into();
         let started = Instant::now();
         let logged = self
@@ -191,7 +188,7 @@ where
         &self,
         logged: &Option<(http::Method, Uri)>,
         deployment: Option<&str>,
-        res: &Response<ProxyBody>,
+        res: &Response<ProxyBody<B>>,
         outcome: Outcome,
         token: Option<&Token>,
         started: Instant,
@@ -315,7 +312,7 @@ where
         body: B,
         client: Peer,
         token: Option<&Token>,
-    ) -> Result<Response<UpstreamBody>, Reject> {
+    ) -> Result<Response<UpstreamBody<B>>, Reject> {
         let client_version = parts.version;
         // An HTTP/1.1 `Upgrade` (WebSocket): keep the two headers the hop-by-hop rule removes,
         // and take the client side of the connection for the tunnel.
@@ -347,29 +344,10 @@ where
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let upstream = &route.upstream;
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Reject::UpstreamUnavailable)?;
-        match upstream.protocol {
-            UpstreamProtocol::Http1 => {
-                parts.version = Version::HTTP_11;
-                // An HTTP/2 client sends :authority, not Host; keep the name it asked for.
-                if let (false, Some(h)) = (parts.headers.contains_key(HOST), host) {
-                    parts.headers.insert(HOST, h);
-                }
-            }
-            UpstreamProtocol::H2 => {
-                parts.version = Version::HTTP_2;
-                parts.headers.remove(HOST);
+        if route.upstream.protocol == UpstreamProtocol::Http1 {
+            // An HTTP/2 client sends :authority, not Host; keep the name it asked for.
+            if let (false, Some(h)) = (parts.headers.contains_key(HOST), host) {
+                parts.headers.insert(HOST, h);
             }
         }
         let request = Request::from_parts(parts, body);
@@ -387,7 +365,7 @@ where
                 }
             }
         };
-        let pending = self.client.pool(upstream.protocol).request(request);
+        let pending = self.client.send(route.index, request);
         let res = match tokio::time::timeout_at(deadline, pending).await {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -416,7 +394,7 @@ where
         let (mut parts, body) = res.into_parts();
         headers::rewrite_response(&mut parts.headers, client_version);
         // The slot, unless a tunnel holds it, is released when the body is done.
-        let body = UpstreamBody::new(body, self.forwarding.idle_timeout).holding(slot);
+        let body = body.holding(slot);
         let body = match tunnel {
             Some(protocol) => {
                 parts.headers.insert(UPGRADE, protocol);

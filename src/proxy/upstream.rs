@@ -1,38 +1,50 @@
 //! The pooled upstream client and the streaming response body.
 //!
-//! Owns connections to upstreams: one keep-alive pool for HTTP/1.1 and one for HTTP/2 (prior
-//! knowledge over plain TCP, ALPN over TLS), with connect and idle timeouts; `https://` upstreams
-//! are verified against the platform's roots or `forwarding.upstream_ca`. [`UpstreamBody`] streams the upstream's body
-//! frame by frame as it arrives and ends it with an error when the upstream stays silent longer
-//! than the idle timeout, so a dead peer never hangs a client.
+//! Owns connections to upstreams, on hyper's connection API: per upstream, a stack of idle
+//! HTTP/1.1 keep-alive connections (most recently used first) and one shared HTTP/2 connection
+//! (prior knowledge over plain TCP, ALPN over TLS). A route reaches its upstream's pool by index,
+//! so a request costs no pool-key hashing; a connection goes back on the stack as soon as its
+//! response is complete. A request that finds a pooled connection closed under it (the upstream
+//! timed it out) is sent again on a new connection: it was never written. Idle connections are
+//! closed after the idle timeout. `https://` upstreams are verified against the platform's roots
+//! or `forwarding.upstream_ca`. [`UpstreamBody`] streams the upstream's body frame by frame as
+//! it arrives and ends it with an error when the upstream stays silent longer than the idle
+//! timeout, so a dead peer never hangs a client.
 
 use std::error::Error as StdError;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
+use tower_service::Service;
 
 use super::reject::Reject;
-use crate::config::{ForwardingConfig, UpstreamProtocol};
+use crate::config::{Config, Deployment, ForwardingConfig, UpstreamProtocol};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Pools of upstream connections, shared by all requests. Generic over the connector and the
 /// request body so benches can run the whole pipeline in memory; the server uses the defaults.
 pub struct UpstreamClient<C = HttpsConnector<HttpConnector>, B = Incoming> {
-    http1: Client<C, B>,
-    h2: Client<C, B>,
+    connector: C,
+    /// One per deployment, in configuration order; deployments with the same upstream share one.
+    pools: Arc<[Arc<HostPool<B>>]>,
 }
 
 /// Why the upstream TLS trust could not be set up.
@@ -51,21 +63,34 @@ pub enum UpstreamTlsError {
     NativeRoots(String),
 }
 
+/// Why a request got no response from its upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unresolvable, TLS, or the connect timeout).
+    #[error("connect: {0}")]
+    Connect(BoxError),
+    /// The connection failed during the exchange.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
 impl UpstreamClient {
-    /// Builds both pools over TCP, with TLS for `https://` upstreams. `any_https` says whether
-    /// the configuration names one: without, the platform's roots are not loaded (2 MiB of
-    /// memory and most of the start-up work on a sidecar that never speaks TLS upstream).
-    pub fn new(
-        config: &ForwardingConfig,
-        any_https: bool,
-    ) -> Result<UpstreamClient, UpstreamTlsError> {
+    /// Builds the pools for `config`'s deployments over TCP, with TLS for `https://` upstreams.
+    /// Without an `https://` upstream the platform's roots are not loaded (a reload that adds
+    /// one builds a new client).
+    pub fn new(config: &Config) -> Result<UpstreamClient, UpstreamTlsError> {
+        let forwarding = &config.forwarding;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_connect_timeout(Some(forwarding.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
         // The TLS layer needs the URL scheme to reach it.
         connector.enforce_http(false);
-        let tls = client_tls(config, any_https)?;
+        let any_https = config
+            .deployments
+            .iter()
+            .any(|d| d.upstream.scheme == Scheme::HTTPS);
+        let tls = client_tls(forwarding, any_https)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -124,39 +149,375 @@ fn client_tls(
 
 impl<C, B> UpstreamClient<C, B>
 where
-    C: Connect + Clone + Send + Sync + 'static,
-    B: Body + Send + 'static,
+    C: Service<Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read + hyper::rt::Write + Connection + Unpin + Send + 'static,
+    C::Future: Send,
+    C::Error: Into<BoxError>,
+    B: Body + Send + Unpin + 'static,
     B::Data: Send,
+    B::Error: Into<BoxError>,
 {
-    /// Builds both pools over `connector`.
-    pub fn with_connector(config: &ForwardingConfig, connector: C) -> Self {
-        let build = |h2_only: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(config.idle_timeout)
-                .pool_max_idle_per_host(config.max_idle_per_upstream)
-                .http2_only(h2_only)
-                .build(connector.clone())
+    /// Builds the pools for `config`'s deployments over `connector`. Inside a runtime, a task
+    /// closes connections idle for longer than `forwarding.timeouts.idle`; it ends with the client.
+    pub fn with_connector(config: &Config, connector: C) -> Self {
+        let forwarding = &config.forwarding;
+        let mut pools: Vec<Arc<HostPool<B>>> = Vec::with_capacity(config.deployments.len());
+        for d in &config.deployments {
+            let same = pools.iter().find(|p| p.serves(d)).cloned();
+            pools.push(same.unwrap_or_else(|| Arc::new(HostPool::new(d, forwarding))));
+        }
+        let pools: Arc<[Arc<HostPool<B>>]> = pools.into();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap(Arc::downgrade(&pools), forwarding.idle_timeout));
+        }
+        UpstreamClient { connector, pools }
+    }
+
+    /// Sends `req` to the upstream of the deployment at `index` (configuration order). The
+    /// request's URI and version are set here from the upstream's; its headers are the caller's.
+    pub async fn send(
+        &self,
+        index: usize,
+        mut req: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, UpstreamError> {
+        let Some(pool) = self.pools.get(index) else {
+            return Err(UpstreamError::Connect(
+                "no upstream for this deployment".into(),
+            ));
         };
-        UpstreamClient {
-            http1: build(false),
-            h2: build(true),
+        // The rare paths (HTTP/2, a new connection) are boxed: inline, their large futures
+        // would be part of every request's, and be copied with it.
+        if pool.protocol == UpstreamProtocol::H2 || pool.negotiated_h2() {
+            return Box::pin(self.send_h2(pool, req)).await;
+        }
+        // HTTP/1.1: origin-form, and a Host header (the client's, else the upstream's).
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        *req.version_mut() = Version::HTTP_11;
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(pool.authority.as_str()) {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        loop {
+            let (mut sender, reused) = match pool.take_idle() {
+                Some(s) => (s, true),
+                None => match Box::pin(self.connect(pool)).await? {
+                    Connected::Http1(s) => (s, false),
+                    // The TLS handshake chose HTTP/2: this upstream speaks it from now on.
+                    Connected::Http2 => return Box::pin(self.send_h2(pool, req)).await,
+                },
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    let checkin = Checkin {
+                        sender: Some(sender),
+                        pool: Arc::clone(pool),
+                    };
+                    // A body that was complete in the first read leaves the connection ready
+                    // at once; otherwise it goes back when the body ends.
+                    let checkin = checkin.now_if_ready();
+                    return Ok(res.map(|b| {
+                        let mut body = UpstreamBody::new(b, pool.idle_timeout);
+                        body.checkin = checkin;
+                        body
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: a pooled connection the upstream had closed. Once more,
+                    // on a new connection.
+                    Some(again) if reused => req = again,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
         }
     }
 
-    /// The pool for a protocol.
-    pub fn pool(&self, protocol: UpstreamProtocol) -> &Client<C, B> {
-        match protocol {
-            UpstreamProtocol::Http1 => &self.http1,
-            UpstreamProtocol::H2 => &self.h2,
+    /// Sends on the upstream's shared HTTP/2 connection (absolute URI, no Host: `:authority`),
+    /// making it first if there is none (one connect at a time), and once more on a new
+    /// connection if the old one had closed unsent.
+    async fn send_h2(
+        &self,
+        pool: &Arc<HostPool<B>>,
+        mut req: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, UpstreamError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = pool.absolute(path);
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(http::header::HOST);
+        let mut fresh = false;
+        loop {
+            let mut sender = match pool.h2_sender() {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    self.connect_h2(pool).await?
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok(res.map(|b| UpstreamBody::new(b, pool.idle_timeout))),
+                Err(mut e) => match e.take_message() {
+                    Some(again) if !fresh => {
+                        pool.forget_h2(&sender);
+                        req = again;
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The shared HTTP/2 connection, made by the first caller that finds none.
+    async fn connect_h2(
+        &self,
+        pool: &Arc<HostPool<B>>,
+    ) -> Result<http2::SendRequest<B>, UpstreamError> {
+        let _one_at_a_time = pool.h2_connecting.lock().await;
+        if let Some(s) = pool.h2_sender() {
+            return Ok(s);
+        }
+        let io = self.dial(pool).await?;
+        let sender = handshake_h2(io).await?;
+        *pool.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// A new connection to the pool's upstream, in the protocol it speaks.
+    async fn connect(&self, pool: &Arc<HostPool<B>>) -> Result<Connected<B>, UpstreamError> {
+        let io = self.dial(pool).await?;
+        if io.connected().is_negotiated_h2() {
+            let _one_at_a_time = pool.h2_connecting.lock().await;
+            let sender = handshake_h2(io).await?;
+            *pool.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+            pool.alpn_h2
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Connected::Http2);
+        }
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Connected::Http1(sender))
+    }
+
+    async fn dial(&self, pool: &HostPool<B>) -> Result<C::Response, UpstreamError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        connector
+            .call(pool.target.clone())
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))
+    }
+}
+
+async fn handshake_h2<I, B>(io: I) -> Result<http2::SendRequest<B>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// What a new connection turned out to speak.
+enum Connected<B> {
+    Http1(http1::SendRequest<B>),
+    /// TLS chose h2: the connection is now the pool's shared one.
+    Http2,
+}
+
+/// The connections to one upstream.
+struct HostPool<B> {
+    scheme: Scheme,
+    authority: Authority,
+    protocol: UpstreamProtocol,
+    /// `scheme://authority/`, what the connector is asked for.
+    target: Uri,
+    /// Ready HTTP/1.1 connections, most recently used last, with the time each went idle.
+    idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// The shared HTTP/2 connection (`h2` upstreams, or TLS upstreams that chose h2 by ALPN).
+    h2: Mutex<Option<http2::SendRequest<B>>>,
+    h2_connecting: tokio::sync::Mutex<()>,
+    /// Set once an `http1` upstream's TLS handshake chose h2.
+    alpn_h2: std::sync::atomic::AtomicBool,
+}
+
+impl<B> HostPool<B> {
+    fn new(d: &Deployment, forwarding: &ForwardingConfig) -> Self {
+        let upstream = &d.upstream;
+        let target = Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
+        HostPool {
+            scheme: upstream.scheme.clone(),
+            authority: upstream.authority.clone(),
+            protocol: upstream.protocol,
+            target,
+            idle: Mutex::new(Vec::new()),
+            max_idle: forwarding.max_idle_per_upstream,
+            idle_timeout: forwarding.idle_timeout,
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            alpn_h2: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// True when `d`'s upstream is this pool's.
+    fn serves(&self, d: &Deployment) -> bool {
+        self.scheme == d.upstream.scheme
+            && self.authority == d.upstream.authority
+            && self.protocol == d.upstream.protocol
+    }
+
+    fn negotiated_h2(&self) -> bool {
+        self.alpn_h2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn absolute(&self, path: http::uri::PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).unwrap_or_default()
+    }
+
+    /// The most recently used ready connection. Closed ones are dropped on the way; busy ones
+    /// (still finishing a response whose reader went away) stay for a later request.
+    fn take_idle(&self) -> Option<http1::SendRequest<B>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].0.is_ready() {
+                return Some(idle.swap_remove(i).0);
+            }
+            if idle[i].0.is_closed() {
+                idle.swap_remove(i);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for a later request, unless the pool is full.
+    fn put(&self, sender: http1::SendRequest<B>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Drops connections idle since before `now - idle_timeout`, and closed ones.
+    fn reap(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.retain(|(sender, since)| {
+            !sender.is_closed() && now.duration_since(*since) < self.idle_timeout
+        });
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            *h2 = None;
+        }
+    }
+
+    fn h2_sender(&self) -> Option<http2::SendRequest<B>> {
+        let h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// Forgets the shared connection if it is still `old` (it was found closed).
+    fn forget_h2(&self, old: &http2::SendRequest<B>) {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if h2
+            .as_ref()
+            .is_some_and(|s| s.is_closed() || old.is_closed())
+        {
+            *h2 = None;
         }
     }
 }
 
-/// Maps a client error to the answer: timeouts (connect included) are 504, the rest 502.
-pub fn classify(error: &hyper_util::client::legacy::Error) -> Reject {
-    let mut source: Option<&(dyn StdError + 'static)> = error.source();
+/// Closes idle connections past the idle timeout, a few times per timeout, until the client
+/// that owns the pools is gone.
+async fn reap<B>(pools: Weak<[Arc<HostPool<B>>]>, idle_timeout: Duration) {
+    let period = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pools) = pools.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        for pool in pools.iter() {
+            pool.reap(now);
+        }
+    }
+}
+
+/// An HTTP/1.1 connection on its way back to its pool once its response is complete.
+pub struct Checkin<B> {
+    sender: Option<http1::SendRequest<B>>,
+    pool: Arc<HostPool<B>>,
+}
+
+impl<B> Checkin<B> {
+    /// Returns the connection now if it is ready for another request (none left to do).
+    fn now_if_ready(mut self) -> Option<Self> {
+        match self.sender.take() {
+            Some(s) if s.is_ready() => {
+                self.pool.put(s);
+                None
+            }
+            other => {
+                self.sender = other;
+                Some(self)
+            }
+        }
+    }
+}
+
+impl<B> Drop for Checkin<B> {
+    fn drop(&mut self) {
+        // Ready: the next request takes it. Still finishing its response (the reader went away
+        // early): kept too, and taken once hyper has read the rest. Closed: dropped.
+        if let Some(sender) = self.sender.take().filter(|s| !s.is_closed()) {
+            self.pool.put(sender);
+        }
+    }
+}
+
+/// Maps an upstream error to the answer: timeouts (connect included) are 504, the rest 502.
+pub fn classify(error: &UpstreamError) -> Reject {
+    let mut source: Option<&(dyn StdError + 'static)> = match error {
+        UpstreamError::Connect(e) => Some(e.as_ref()),
+        UpstreamError::Http(e) => Some(e),
+    };
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -180,19 +541,21 @@ pub enum BodyError {
 }
 
 pin_project! {
-    /// An upstream response body with an idle timeout between frames.
-    pub struct UpstreamBody {
+    /// An upstream response body with an idle timeout between frames. Holds the upstream's
+    /// connection slot until dropped, and hands its HTTP/1.1 connection back to the pool when
+    /// the body is complete.
+    pub struct UpstreamBody<B = Incoming> {
         #[pin]
         inner: Incoming,
         #[pin]
         idle: Sleep,
         limit: Duration,
-        // The upstream's connection slot, held until the body is dropped.
         slot: Option<OwnedSemaphorePermit>,
+        checkin: Option<Checkin<B>>,
     }
 }
 
-impl UpstreamBody {
+impl<B> UpstreamBody<B> {
     /// Wraps `inner`; the timer starts now.
     pub fn new(inner: Incoming, limit: Duration) -> Self {
         UpstreamBody {
@@ -200,6 +563,7 @@ impl UpstreamBody {
             idle: tokio::time::sleep(limit),
             limit,
             slot: None,
+            checkin: None,
         }
     }
 
@@ -210,7 +574,7 @@ impl UpstreamBody {
     }
 }
 
-impl Body for UpstreamBody {
+impl<B> Body for UpstreamBody<B> {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -219,9 +583,14 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.idle.as_mut().reset(Instant::now() + *this.limit);
+                if frame.is_none() || this.inner.is_end_stream() {
+                    // Complete: the connection may serve the next request now.
+                    this.checkin.take();
+                } else {
+                    this.idle.as_mut().reset(Instant::now() + *this.limit);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
             }
             Poll::Pending => match this.idle.poll(cx) {
