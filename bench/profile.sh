@@ -2,6 +2,7 @@
 # Instruction counts per request, by function: bentogate under valgrind's callgrind.
 #
 #   bench/profile.sh                  # MODE=valid N=2000; also MODE=unknown, MODE=wrong-scope
+#   PROXY=nginx bench/profile.sh      # the same count for nginx doing the same job (its map)
 #
 # Counts instructions, not seconds, so the figure repeats on a busy shared VM. One keep-alive
 # client sends 200 warm-up requests with collection off, then N measured ones; the count is
@@ -15,6 +16,7 @@ ROOT=$PWD
 OUT=$ROOT/bench/out/profile
 MODE=${MODE:-valid}
 N=${N:-2000}
+PROXY=${PROXY:-bentogate}
 UP=18181 GATE=18183 GATE_ADMIN=18193
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -57,8 +59,41 @@ case $MODE in
   *) echo "MODE must be valid, unknown or wrong-scope" >&2; exit 2 ;;
 esac
 
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
-  "$BIN" serve --config "$OUT/gate/bentogate.yaml" 2>"$OUT/valgrind.log" & PIDS+=($!)
+if [ "$PROXY" = nginx ]; then
+  # One process (no master), otherwise as bench/compare.sh configures it.
+  cat > "$OUT/nginx.conf" <<CONF
+master_process off; worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 1000000;
+  map_hash_max_size 131072; map_hash_bucket_size 256;
+  map \$http_authorization \$token_scope {
+    default "";
+$(cat "$OUT/nginx-map.conf")
+  }
+  map \$token_scope \$alpha_ok { alpha 1; "*" 1; default 0; }
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$GATE;
+    location /alpha {
+      if (\$token_scope = "") { add_header WWW-Authenticate 'Bearer realm="bench", error="invalid_token"' always; return 401; }
+      if (\$alpha_ok = 0) { add_header WWW-Authenticate 'Bearer realm="bench", error="insufficient_scope"' always; return 403; }
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
+    nginx -c "$OUT/nginx.conf" -p "$OUT" 2>"$OUT/valgrind.log" & PIDS+=($!)
+else
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
+    "$BIN" serve --config "$OUT/gate/bentogate.yaml" 2>"$OUT/valgrind.log" & PIDS+=($!)
+fi
 GATE_PID=${PIDS[-1]}
 wait_port $UP
 wait_port $GATE
@@ -82,7 +117,7 @@ callgrind_control -i off "$GATE_PID" >/dev/null
 kill -TERM "$GATE_PID"; wait "$GATE_PID" 2>/dev/null || true; unset 'PIDS[-1]'
 
 total=$(callgrind_annotate "$OUT/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done=1}')
-echo "mode $MODE: $((total / N)) instructions per request ($total over $N requests)"
+echo "$PROXY, mode $MODE: $((total / N)) instructions per request ($total over $N requests)"
 callgrind_annotate --inclusive="${INCLUSIVE:-no}" "$OUT/callgrind.out" 2>/dev/null \
   | awk '/file:function/ {on=1; next} on && NF' | sed 's|/root/.cargo/registry/src/[^/]*/||; s|/rustc/[0-9a-f]*/||' \
   | head -"${TOP:-60}" || true
