@@ -2,17 +2,18 @@
 //!
 //! Run: `cargo bench --bench auth_hot_path`
 //!
-//! Last result (2026-11-28, the project's 2-core shared VM, release; medians; BENCHMARKS.md has all):
-//!   auth/bare_hashmap_lookup   41 ns      HashMap<[u8; 32], Arc<Token>> get + Arc clone: the floor
-//!   auth/bearer_parse          22 ns
-//!   auth/format_and_checksum   54 ns
-//!   auth/sha256_digest         85 ns
-//!   auth/validator_hit         308 ns     check + digest + moka get
-//!   auth/validator_negative_hit      323 ns
-//!   auth/validator_malformed_reject   64 ns
-//!   auth/whole_auth_path       330 ns     parse + validator hit + policy
-//!   validator_hit_with_tokens  10: 292 ns, 100,000: 575 ns, 1,000,000: 1.08 us
-//!     beside bare_hashmap_N    10: 40 ns,  100,000: 116 ns, 1,000,000: 180 ns
+//! Last result (2026-11-28, third session, the project's 2-core shared VM, release; medians of
+//! `--measurement-time 3`; BENCHMARKS.md has all and the earlier machines' figures):
+//!   auth/bare_hashmap_lookup   24 ns      HashMap<[u8; 32], Arc<Token>> get + Arc clone: the floor
+//!   auth/bearer_parse          16 ns
+//!   auth/format_and_checksum   42 ns
+//!   auth/sha256_digest         68 ns      SHA-NI
+//!   auth/validator_hit         200 ns     check + digest + moka get
+//!   auth/validator_negative_hit      216 ns
+//!   auth/validator_malformed_reject   37 ns
+//!   auth/whole_auth_path       219 ns     parse + validator hit + policy
+//!   validator_hit_with_tokens  10: 199 ns, 100,000: 378 ns, 1,000,000: 442 ns
+//!     beside bare_hashmap_N    10: 23 ns,  100,000: 33 ns,  1,000,000: 50 ns
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::HashMap;
