@@ -14,6 +14,7 @@
 # bentogate's resident memory idle, with 100,000 tokens loaded, and under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/nginx_gate.sh
 ROOT=$PWD
 OUT=$ROOT/bench/out
 DURATION=${DURATION:-10s}
@@ -53,33 +54,7 @@ taskset -c $CPU_LOAD nginx -c "$OUT/upstream.conf" -p "$OUT" & PIDS+=($!)
 # --- nginx as the gateway: a map from the whole header to the token's deployment ---
 # nginx matches map strings ignoring case, so its check is weaker than the others' (a token with
 # its case changed passes); exact-case matching would need 10,000 regexes.
-cat > "$OUT/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off; keepalive_requests 1000000;
-  map_hash_max_size 131072; map_hash_bucket_size 256;
-  map \$http_authorization \$token_scope {
-    default "";
-$(cat "$OUT/nginx-map.conf")
-  }
-  map \$token_scope \$alpha_ok { alpha 1; "*" 1; default 0; }
-  upstream up { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGINX;
-    location /alpha {
-      if (\$token_scope = "") { add_header WWW-Authenticate 'Bearer realm="bench", error="invalid_token"' always; return 401; }
-      if (\$alpha_ok = 0) { add_header WWW-Authenticate 'Bearer realm="bench", error="insufficient_scope"' always; return 403; }
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-CONF
+nginx_gate_conf "$OUT" "$NGINX" "$UP" > "$OUT/nginx.conf"
 
 # --- HAProxy: a map file from the token to its deployment, ACLs on it ---
 cat > "$OUT/haproxy.cfg" <<CONF
@@ -169,10 +144,12 @@ measure_idle() {
   rss_kib "${PIDS[-1]}"
   kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
-rm -f "$OUT/gate/tokens.yaml"
-IDLE_RSS=$(measure_idle)
-python3 bench/gen_tokens.py "$OUT/gate" 100000 >/dev/null
-"$BIN" token import "$OUT/gate/import.json" --config "$OUT/gate/bentogate.yaml" >/dev/null
-LOADED_RSS=$(measure_idle)
-
-python3 bench/report.py "$RESULTS" "$(getconf CLK_TCK)" "$IDLE_RSS" "$LOADED_RSS" "$LOAD_RSS" | tee "$OUT/results.md"
+IDLE_RSS="" LOADED_RSS=""
+if [[ " $PROXIES " == *" bentogate "* ]]; then
+  rm -f "$OUT/gate/tokens.yaml"
+  IDLE_RSS=$(measure_idle)
+  python3 bench/gen_tokens.py "$OUT/gate" 100000 >/dev/null
+  "$BIN" token import "$OUT/gate/import.json" --config "$OUT/gate/bentogate.yaml" >/dev/null
+  LOADED_RSS=$(measure_idle)
+fi
+python3 bench/report.py "$RESULTS" "$(getconf CLK_TCK)" "$IDLE_RSS" "$LOADED_RSS" "${LOAD_RSS:-}" | tee "$OUT/results.md"

@@ -12,6 +12,7 @@
 # bench/out/profile/callgrind.out for callgrind_annotate or kcachegrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/nginx_gate.sh
 ROOT=$PWD
 OUT=$ROOT/bench/out/profile
 MODE=${MODE:-valid}
@@ -61,33 +62,7 @@ esac
 
 if [ "$PROXY" = nginx ]; then
   # One process (no master), otherwise as bench/compare.sh configures it.
-  cat > "$OUT/nginx.conf" <<CONF
-master_process off; worker_processes 1; daemon off; pid $OUT/nginx.pid; error_log $OUT/nginx.err warn;
-events { worker_connections 1024; }
-http {
-  access_log off; keepalive_requests 1000000;
-  map_hash_max_size 131072; map_hash_bucket_size 256;
-  map \$http_authorization \$token_scope {
-    default "";
-$(cat "$OUT/nginx-map.conf")
-  }
-  map \$token_scope \$alpha_ok { alpha 1; "*" 1; default 0; }
-  upstream up { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$GATE;
-    location /alpha {
-      if (\$token_scope = "") { add_header WWW-Authenticate 'Bearer realm="bench", error="invalid_token"' always; return 401; }
-      if (\$alpha_ok = 0) { add_header WWW-Authenticate 'Bearer realm="bench", error="insufficient_scope"' always; return 403; }
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-    }
-  }
-}
-CONF
+  nginx_gate_conf "$OUT" "$GATE" "$UP" "master_process off;" > "$OUT/nginx.conf"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
     nginx -c "$OUT/nginx.conf" -p "$OUT" 2>"$OUT/valgrind.log" & PIDS+=($!)
 else

@@ -50,6 +50,8 @@ def main() -> None:
                   f"{m['cpu_us']:.1f} ({lo:.1f}-{hi:.1f}) | {ratio('rps')} | {ratio('cpu_us')} | {ratio('p99')} |")
     print()
     mib = lambda kib: f"{int(kib) / 1024:.1f} MiB"
+    if not (idle and loaded and under_load):
+        return  # bentogate was not among the proxies measured
     print(f"bentogate resident memory: idle (no tokens) {mib(idle)}; with 10,000 tokens under load "
           f"{mib(under_load)}; idle with 100,000 tokens {mib(loaded)}")
 
