@@ -253,21 +253,23 @@ where
         *req.uri_mut() = pool.absolute(path);
         *req.version_mut() = Version::HTTP_2;
         req.headers_mut().remove(http::header::HOST);
-        let mut fresh = false;
+        let mut last_try = false;
         loop {
             let mut sender = match pool.h2_sender() {
                 Some(s) => s,
                 None => {
-                    fresh = true;
+                    last_try = true;
                     self.connect_h2(pool).await?
                 }
             };
             match sender.try_send_request(req).await {
                 Ok(res) => return Ok(res.map(|b| UpstreamBody::new(b, pool.idle_timeout))),
                 Err(mut e) => match e.take_message() {
-                    Some(again) if !fresh => {
+                    Some(again) if !last_try => {
                         pool.forget_h2(&sender);
                         req = again;
+                        // Once more only, whoever made the next connection.
+                        last_try = true;
                     }
                     _ => return Err(e.into_error().into()),
                 },
