@@ -14,7 +14,7 @@
 # bentogate's resident memory idle, with 100,000 tokens loaded, and under load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/nginx_gate.sh
+. bench/configs.sh
 ROOT=$PWD
 OUT=$ROOT/bench/out
 DURATION=${DURATION:-10s}
@@ -43,12 +43,7 @@ trap cleanup EXIT
 python3 bench/gen_tokens.py "$OUT" "$COUNT"
 
 # --- the upstream: nginx answering 200 from memory, on the load core ---
-cat > "$OUT/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log $OUT/upstream.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } } }
-CONF
+upstream_conf "$OUT" "$UP" > "$OUT/upstream.conf"
 taskset -c $CPU_LOAD nginx -c "$OUT/upstream.conf" -p "$OUT" & PIDS+=($!)
 
 # --- nginx as the gateway: a map from the whole header to the token's deployment ---
@@ -85,18 +80,7 @@ CONF
 
 # --- bentogate: the same two deployments, one worker thread ---
 mkdir -p "$OUT/gate"
-cat > "$OUT/gate/bentogate.yaml" <<CONF
-listeners: [{address: "127.0.0.1:$GATE"}]
-admin: {address: "127.0.0.1:$GATE_ADMIN"}
-log: {access: false, level: warn}
-runtime: {worker_threads: 1}
-# nginx and HAProxy are not configured to throttle failures either; the unknown-token mode would
-# otherwise measure 429s from one address.
-throttle: {failures_per_minute: 0}
-deployments:
-  - {name: alpha, path_prefix: /alpha, upstream: "http://127.0.0.1:$UP", policy: protected}
-  - {name: beta, path_prefix: /beta, upstream: "http://127.0.0.1:$UP", policy: protected}
-CONF
+bentogate_conf "$GATE" "$GATE_ADMIN" "$UP" > "$OUT/gate/bentogate.yaml"
 "$BIN" token import "$OUT/import.json" --config "$OUT/gate/bentogate.yaml" >/dev/null
 
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

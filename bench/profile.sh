@@ -12,7 +12,7 @@
 # bench/out/profile/callgrind.out for callgrind_annotate or kcachegrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/nginx_gate.sh
+. bench/configs.sh
 ROOT=$PWD
 OUT=$ROOT/bench/out/profile
 MODE=${MODE:-valid}
@@ -35,23 +35,9 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 python3 bench/gen_tokens.py "$OUT" 10000 >/dev/null
-cat > "$OUT/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $OUT/upstream.pid; error_log $OUT/upstream.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } } }
-CONF
+upstream_conf "$OUT" "$UP" > "$OUT/upstream.conf"
 nginx -c "$OUT/upstream.conf" -p "$OUT" & PIDS+=($!)
-cat > "$OUT/gate/bentogate.yaml" <<CONF
-listeners: [{address: "127.0.0.1:$GATE"}]
-admin: {address: "127.0.0.1:$GATE_ADMIN"}
-log: {access: false, level: warn}
-runtime: {worker_threads: 1}
-throttle: {failures_per_minute: 0}
-deployments:
-  - {name: alpha, path_prefix: /alpha, upstream: "http://127.0.0.1:$UP", policy: protected}
-  - {name: beta, path_prefix: /beta, upstream: "http://127.0.0.1:$UP", policy: protected}
-CONF
+bentogate_conf "$GATE" "$GATE_ADMIN" "$UP" > "$OUT/gate/bentogate.yaml"
 "$BIN" token import "$OUT/import.json" --config "$OUT/gate/bentogate.yaml" >/dev/null
 case $MODE in
   valid) TOKEN=$(head -1 "$OUT/valid-alpha.txt") EXPECT=200 ;;
