@@ -1300,18 +1300,23 @@ fn parse_upstream(text: &str, protocol: UpstreamProtocol) -> Result<Upstream, St
     })
 }
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1), which a proxy must not forward.
+/// The hop-by-hop headers of RFC 9110 section 7.6.1 (plus the two legacy names every proxy
+/// drops), which a proxy must not forward.
+pub const HOP_BY_HOP: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TRAILER,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// True for a hop-by-hop header ([`HOP_BY_HOP`]).
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::*;
-    name == CONNECTION
-        || name == TE
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == TRAILER
-        || name == PROXY_AUTHORIZATION
-        || name == PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    HOP_BY_HOP.contains(name)
 }
 
 /// The 1-based line of the first `needles[last]` found after `needles[..last]` in order.

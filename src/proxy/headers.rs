@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use http::header::{AUTHORIZATION, CONNECTION, TE, VIA};
 use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
-use crate::config::{is_hop_by_hop, ForwardingConfig};
+use crate::config::{ForwardingConfig, HOP_BY_HOP};
 use crate::token::Token;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,19 +28,6 @@ fn via(version: Version) -> HeaderValue {
     })
 }
 
-/// The hop-by-hop headers of RFC 9110 section 7.6.1 (plus the two legacy names every proxy drops).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    TE,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    http::header::TRAILER,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 ///
 /// One pass over the names finds which are present (most requests carry none, most responses
@@ -57,7 +44,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1). The listed names
     // that are in HOP_BY_HOP are handled below, and `close` names no header.
-    if present & 1 != 0 {
+    if headers.contains_key(CONNECTION) {
         let mut listed: Vec<HeaderName> = Vec::new();
         for token in headers
             .get_all(CONNECTION)
@@ -79,22 +66,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     // `TE: trailers` is end-to-end meaningful for HTTP/2 upstreams (gRPC); anything else goes.
-    let te_index = 1;
-    if present & (1 << te_index) != 0 {
-        let keep = headers
-            .get(TE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-        if keep {
-            present &= !(1 << te_index);
-            // Only that first `TE: trailers` line goes on.
-            if let Some(te) = headers.remove(TE) {
-                headers.insert(TE, te);
-            }
+    let keep_te = headers
+        .get(TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if keep_te {
+        // Only that first `TE: trailers` line goes on.
+        if let Some(te) = headers.remove(TE) {
+            headers.insert(TE, te);
         }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            debug_assert!(is_hop_by_hop(name));
+        if present & (1 << i) != 0 && !(keep_te && name == TE) {
             headers.remove(name);
         }
     }

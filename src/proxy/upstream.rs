@@ -198,10 +198,8 @@ where
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(pool.authority.as_str()) {
-                req.headers_mut().insert(http::header::HOST, host);
-            }
+        if let (false, Some(host)) = (req.headers().contains_key(http::header::HOST), &pool.host) {
+            req.headers_mut().insert(http::header::HOST, host.clone());
         }
         loop {
             let (mut sender, reused) = match pool.take_idle() {
@@ -357,6 +355,8 @@ struct HostPool<B> {
     protocol: UpstreamProtocol,
     /// `scheme://authority/`, what the connector is asked for.
     target: Uri,
+    /// The authority as a `Host` value, for HTTP/1.1 requests that arrived without one.
+    host: Option<HeaderValue>,
     /// Ready HTTP/1.1 connections, most recently used last, with the time each went idle.
     idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
     max_idle: usize,
@@ -382,6 +382,7 @@ impl<B> HostPool<B> {
             authority: upstream.authority.clone(),
             protocol: upstream.protocol,
             target,
+            host: HeaderValue::from_str(upstream.authority.as_str()).ok(),
             idle: Mutex::new(Vec::new()),
             max_idle: forwarding.max_idle_per_upstream,
             idle_timeout: forwarding.idle_timeout,
