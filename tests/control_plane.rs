@@ -45,22 +45,7 @@ fn add_member(g: &Gate, name: &str, admin: bool) {
 
 /// An API call with the token in the bentoml client's header; returns status and JSON.
 async fn api(g: &Gate, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let a = request(
-        &client(),
-        method,
-        g.admin,
-        path,
-        &[("x-yatai-api-token", token)],
-        &body,
-    )
-    .await;
-    let v = serde_json::from_str(&a.body).unwrap_or(Value::Null);
-    (a.status, v)
+    api_call(g.admin, method, path, token, body).await
 }
 
 fn names(list: &Value) -> Vec<String> {

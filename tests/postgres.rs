@@ -192,24 +192,7 @@ async fn api(
     token: &str,
     body: Value,
 ) -> (StatusCode, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let a = request(
-        &client(),
-        method,
-        admin,
-        path,
-        &[("x-yatai-api-token", token)],
-        &body,
-    )
-    .await;
-    (
-        a.status,
-        serde_json::from_str(&a.body).unwrap_or(Value::Null),
-    )
+    api_call(admin, method, path, token, body).await
 }
 
 /// Creates a token for deployment `a` through a replica's API; returns (uid, value).

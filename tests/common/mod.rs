@@ -333,6 +333,33 @@ pub async fn request(
     }
 }
 
+/// A control-plane API call with the token in the bentoml client's header; returns the status and
+/// the JSON body (null when it is not JSON).
+pub async fn api_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let a = request(
+        &client(),
+        method,
+        admin,
+        path,
+        &[("x-yatai-api-token", token)],
+        &body,
+    )
+    .await;
+    let v = serde_json::from_str(&a.body).unwrap_or(serde_json::Value::Null);
+    (a.status, v)
+}
+
 /// GET with an optional bearer token; returns the status.
 pub async fn status(addr: SocketAddr, path: &str, token: Option<&str>) -> StatusCode {
     let auth = token.map(|t| format!("Bearer {t}"));
