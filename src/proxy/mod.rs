@@ -13,6 +13,7 @@
 //! Every answer the gateway gives itself is a [`Reject`], turned into HTTP in one place.
 
 pub mod headers;
+pub mod path;
 pub mod reject;
 pub mod upstream;
 
