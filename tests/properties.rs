@@ -1,10 +1,11 @@
-//! Property tests (proptest) of the route table and the token codec.
+//! Property tests (proptest) of the route table, the token codec and the request-path normalizer.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
 use bentogate::config::Config;
 use bentogate::metrics::Metrics;
+use bentogate::proxy::path::normalize;
 use bentogate::route::RouteTable;
 use bentogate::token::{check, Secret, PREFIX};
 use proptest::prelude::*;
@@ -97,4 +98,110 @@ proptest! {
         changed[position] = replacement;
         prop_assert!(check(&changed).is_err(), "changed at {}", position);
     }
+}
+
+/// A path from a hostile alphabet: separators, dots, escapes (whole, broken, double, either case),
+/// parameters, backslashes, UTF-8; one in ten without the leading `/`.
+fn hostile_path() -> impl Strategy<Value = String> {
+    let piece = prop::sample::select(vec![
+        "/", "/", "/", ".", ".", "..", "%", "%2e", "%2E", "2e", "2f", "5c", "%2f", "%5C", "%25",
+        "%41", "%6d", "%7e", "%3b", "%3B", "%c3%a9", "%C0%AE", "%ff", "%00", "%7F", "0", "9", "a",
+        "f", "F", "A", "e", "E", "c", "x", ";", "\\", "~", "é", "€", "-", "_", ":", " ",
+    ]);
+    (
+        prop::bool::weighted(0.9),
+        prop::collection::vec(piece, 0..12),
+    )
+        .prop_map(|(rooted, pieces)| {
+            format!("{}{}", if rooted { "/" } else { "" }, pieces.concat())
+        })
+}
+
+/// What an output of `normalize` satisfies; `Err` names the first broken invariant.
+fn check_normalized(out: &str, merge_slashes: bool) -> Result<(), String> {
+    if !out.starts_with('/') {
+        return Err("does not start with /".into());
+    }
+    if !out.is_ascii() {
+        return Err("not ASCII".into());
+    }
+    if merge_slashes && out.contains("//") {
+        return Err("holds // with merge_slashes".into());
+    }
+    if out.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("holds a dot segment".into());
+    }
+    let bytes = out.as_bytes();
+    for (i, _) in out.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3).ok_or("truncated escape")?;
+        if !hex
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+        {
+            return Err(format!("escape not two uppercase hex digits at {i}"));
+        }
+        let value = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
+        if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+            return Err(format!("escaped unreserved character at {i}"));
+        }
+        if value == b'/' {
+            return Err(format!("encoded / at {i}"));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// `normalize` never panics; what it returns is canonical and a fixed point.
+    #[test]
+    fn a_normalized_path_is_canonical_and_a_fixed_point(path in hostile_path(), merge in any::<bool>()) {
+        if let Ok(out) = normalize(&path, merge) {
+            if let Err(e) = check_normalized(&out, merge) {
+                prop_assert!(false, "{:?} -> {:?}: {}", path, out, e);
+            }
+            let again = normalize(&out, merge);
+            prop_assert_eq!(again.as_deref(), Ok(&*out), "{:?} not idempotent", path);
+        }
+    }
+
+    /// Decoding the output never splits a segment: the output holds no encoded `/`, and a full
+    /// percent-decode has exactly the output's segments, one for one.
+    #[test]
+    fn decoding_the_output_never_adds_a_separator(path in hostile_path(), merge in any::<bool>()) {
+        if let Ok(out) = normalize(&path, merge) {
+            prop_assert!(!out.contains("%2F") && !out.contains("%2f"), "{:?} -> {:?}", path, out);
+            let decoded: Vec<u8> = percent_decode(out.as_bytes());
+            let slashes = decoded.iter().filter(|&&b| b == b'/').count();
+            prop_assert_eq!(slashes, out.matches('/').count(), "{:?} -> {:?}", path, out);
+        }
+    }
+}
+
+/// Every `%XX` decoded once (what a decoding upstream does).
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = match bytes.get(i + 1..i + 3) {
+            Some(&[h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                std::str::from_utf8(&[h, l])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            }
+            _ => None,
+        };
+        match (bytes[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
