@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_PER_TARGET=${1:-60}
 shift || true
-TARGETS=${*:-bearer token_check route config token_file introspect_answer}
+TARGETS=${*:-bearer token_check route config token_file introspect_answer normalize}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p logs
 status=0
