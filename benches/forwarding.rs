@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use bentogate::config::Config;
-use bentogate::proxy::headers::{rewrite_request, rewrite_response};
+use bentogate::proxy::headers::{rewrite_request, rewrite_response, Hop};
 use bentogate::token::{Digest, Token};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue, Version};
@@ -51,24 +51,19 @@ fn bench(c: &mut Criterion) {
         )
     };
     let base = request_headers();
-    let client = "10.1.2.3".parse().unwrap();
+    let hop = Hop {
+        client: "10.1.2.3".parse().unwrap(),
+        trusted: false,
+        https: false,
+        version: Version::HTTP_11,
+    };
     let host = Some(HeaderValue::from_static("summarize.example.com"));
     let mut g = c.benchmark_group("headers");
     g.bench_function("clone_only", |b| b.iter(|| black_box(base.clone())));
     g.bench_function("rewrite_request", |b| {
         b.iter_batched_ref(
             || base.clone(),
-            |h| {
-                rewrite_request(
-                    h,
-                    &config.forwarding,
-                    client,
-                    Version::HTTP_11,
-                    host.clone(),
-                    Some(&token),
-                    false,
-                )
-            },
+            |h| rewrite_request(h, &config.forwarding, &hop, host.clone(), Some(&token)),
             BatchSize::SmallInput,
         )
     });

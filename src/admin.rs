@@ -33,19 +33,20 @@ pub struct Admin {
     api: Api,
     introspection: Introspection,
     store: Option<Arc<Store>>,
-    throttle: Option<Throttle>,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl Admin {
     /// Reports on these parts of a running server.
     /// `store` is the writable token store behind the control-plane API, if this gateway has one;
-    /// `throttle` limits failed control-plane authorizations per address.
+    /// `throttle` holds the failure buckets the proxy listeners use too: a failed token on the
+    /// API or on introspection costs the same bucket as one on the data plane.
     pub fn new(
         metrics: Arc<Metrics>,
         validator: Arc<Validator>,
         store: Option<Arc<Store>>,
         draining: Arc<AtomicBool>,
-        throttle: Option<Throttle>,
+        throttle: Option<Arc<Throttle>>,
     ) -> Admin {
         Admin {
             throttle,
@@ -150,6 +151,7 @@ impl Admin {
         };
         if let (StatusCode::UNAUTHORIZED, Some(t), Some(ip)) = (status, &self.throttle, client) {
             t.failed(ip);
+            self.metrics.throttle_failures.inc();
         }
         json(status, value.to_string())
     }

@@ -248,6 +248,7 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawForwarding {
     strip_authorization: Option<bool>,
+    merge_slashes: Option<bool>,
     #[serde(default)]
     identity_headers: RawIdentityHeaders,
     #[serde(default)]
@@ -308,6 +309,7 @@ struct RawDeployment {
     scopes: Vec<Scope>,
     #[serde(default)]
     public_paths: Vec<String>,
+    websocket: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -499,8 +501,10 @@ pub struct CertificatePair {
 /// Request rewriting and upstream timeouts.
 #[derive(Debug, Clone)]
 pub struct ForwardingConfig {
-    /// Remove `Authorization` before forwarding (the default).
+    /// Remove `Authorization` and `X-YATAI-API-TOKEN` before forwarding (the default).
     pub strip_authorization: bool,
+    /// Merge runs of `/` in request paths into one before routing (the default, as nginx).
+    pub merge_slashes: bool,
     /// Identity headers, each optional (an empty string in the file turns one off).
     pub identity: IdentityHeaders,
     /// Upstream connect timeout.
@@ -559,8 +563,10 @@ pub struct Deployment {
     pub upstream: Upstream,
     /// Who passes.
     pub policy: Policy,
-    /// Exact paths that pass without a token (probes).
+    /// Exact paths that pass without a token (probes), in normalized form.
     pub public_paths: Vec<String>,
+    /// Tunnel WebSocket upgrades to this deployment (on unless `websocket: false`).
+    pub websocket: bool,
 }
 
 /// An upstream origin: scheme and authority, no path.
@@ -638,25 +644,37 @@ impl Config {
 
     /// Validates configuration text; relative paths in it are resolved against `base`.
     pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+        // serde_path_to_error keeps the whole key path (`forwarding.timeouts.connect`), which
+        // serde_yaml alone loses for errors raised inside a value's own deserializer.
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+                .map_err(|e| yaml_error(origin, &e))?;
         Validator { text, origin }.validate(raw, base)
     }
 }
 
-fn yaml_error(origin: &str, e: &serde_yaml::Error) -> ConfigError {
-    let full = e.to_string();
-    // serde_yaml says "path.to.key: what is wrong at line L column C"; split it back apart.
+fn yaml_error(origin: &str, e: &serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let inner = e.inner();
+    let full = inner.to_string();
+    // serde_yaml says "path.to.key: what is wrong at line L column C"; keep only what is wrong.
     let without_location = match full.rfind(" at line ") {
         Some(at) => &full[..at],
         None => full.as_str(),
     };
-    let (key, message) = match without_location.split_once(": ") {
-        Some((key, message)) if !key.contains(' ') => (key.to_owned(), message.to_owned()),
-        _ => ("(document)".to_owned(), without_location.to_owned()),
+    let message = match without_location.split_once(": ") {
+        Some((key, message)) if !key.contains(' ') => message,
+        _ => without_location,
+    };
+    // The tracked path names the exact key; `.` alone means the document itself.
+    let path = e.path().to_string();
+    let key = if path == "." || path.is_empty() {
+        "(document)".to_owned()
+    } else {
+        path
     };
     ConfigError::Invalid {
         path: origin.to_owned(),
-        line: e.location().map(|l| l.line()),
+        line: inner.location().map(|l| l.line()),
         key,
         message: format!("{message} (config.example.yaml documents every key)"),
     }
@@ -706,7 +724,7 @@ impl Validator<'_> {
         let tokens = self.tokens(raw.tokens, base)?;
         let forwarding = self.forwarding(raw.forwarding, base)?;
         let limits = self.limits(raw.limits)?;
-        let deployments = self.deployments(raw.deployments)?;
+        let deployments = self.deployments(raw.deployments, forwarding.merge_slashes)?;
         let log = LogConfig {
             format: raw.log.format,
             level: raw.log.level.unwrap_or_else(|| "info".to_owned()),
@@ -1053,6 +1071,7 @@ impl Validator<'_> {
         }
         Ok(ForwardingConfig {
             strip_authorization: raw.strip_authorization.unwrap_or(true),
+            merge_slashes: raw.merge_slashes.unwrap_or(true),
             identity,
             connect_timeout: timeouts[0].1,
             response_headers_timeout: timeouts[1].1,
@@ -1154,7 +1173,11 @@ impl Validator<'_> {
         })
     }
 
-    fn deployments(&self, raw: Vec<RawDeployment>) -> Result<Vec<Deployment>, ConfigError> {
+    fn deployments(
+        &self,
+        raw: Vec<RawDeployment>,
+        merge_slashes: bool,
+    ) -> Result<Vec<Deployment>, ConfigError> {
         if raw.is_empty() {
             return Err(self.error(
                 "deployments",
@@ -1215,6 +1238,11 @@ impl Validator<'_> {
             }
             let path_prefix = normalize_prefix(d.path_prefix.as_deref().unwrap_or("/"))
                 .ok_or_else(|| err("path_prefix", "must start with `/`".to_owned()))?;
+            // Requests are matched after normalization: a prefix in another spelling would
+            // never match, or match what it did not mean to.
+            if let Some(fixed) = not_normalized(&path_prefix, merge_slashes) {
+                return Err(err("path_prefix", fixed));
+            }
             for o in &out {
                 let same_hosts = (o.hosts.is_empty() && hosts.is_empty())
                     || o.hosts.iter().any(|h| hosts.contains(h));
@@ -1246,6 +1274,9 @@ impl Validator<'_> {
                         format!("`{p}` must be an exact path starting with `/`, without query"),
                     ));
                 }
+                if let Some(fixed) = not_normalized(p, merge_slashes) {
+                    return Err(err("public_paths", fixed));
+                }
             }
             out.push(Deployment {
                 name: d.name,
@@ -1254,9 +1285,22 @@ impl Validator<'_> {
                 upstream,
                 policy,
                 public_paths: d.public_paths,
+                websocket: d.websocket.unwrap_or(true),
             });
         }
         Ok(out)
+    }
+}
+
+/// Why a configured path would never be seen in a request (requests are normalized first), with
+/// the spelling to write instead; none when it is already normalized.
+fn not_normalized(path: &str, merge_slashes: bool) -> Option<String> {
+    match crate::path::normalize(path, merge_slashes) {
+        Ok(p) if p == path => None,
+        Ok(p) => Some(format!(
+            "`{path}` is not in normalized form, so no request would match it; write `{p}`"
+        )),
+        Err(e) => Some(format!("`{path}` could never be requested: {e}")),
     }
 }
 
@@ -1302,7 +1346,7 @@ fn parse_upstream(text: &str, protocol: UpstreamProtocol) -> Result<Upstream, St
 
 /// The hop-by-hop headers of RFC 9110 section 7.6.1 (plus the two legacy names every proxy
 /// drops), which a proxy must not forward.
-pub const HOP_BY_HOP: [HeaderName; 9] = [
+pub const HOP_BY_HOP: [HeaderName; 10] = [
     http::header::CONNECTION,
     http::header::TE,
     http::header::TRANSFER_ENCODING,
@@ -1312,6 +1356,8 @@ pub const HOP_BY_HOP: [HeaderName; 9] = [
     http::header::PROXY_AUTHENTICATE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    // Only meaningful with `Upgrade: h2c` (RFC 7540 section 3.2), which is never forwarded.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// True for a hop-by-hop header ([`HOP_BY_HOP`]).

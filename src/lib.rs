@@ -17,6 +17,7 @@
 //! store/          token sources (file, introspect client) and the token file format
 //! route.rs        host + longest-prefix route table
 //! auth.rs         Bearer parsing and the policy decision, pure functions
+//! path.rs         request-path normalization (RFC 3986), the one reading of a path
 //! metrics.rs      the metrics struct on an explicit registry
 //! config.rs       YAML -> validated Config
 //! token.rs        token values, digests, the Token record
@@ -33,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod path;
 pub mod periodic;
 pub mod proxy;
 pub mod route;

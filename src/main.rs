@@ -202,16 +202,8 @@ async fn serve_until_signal(
     // SIGHUP: re-read the configuration; a bad one is refused and the old one keeps serving.
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            let loaded = cli::load_config(path.as_deref());
-            match loaded {
-                Ok(new) => {
-                    if let Err(e) = reloader.reload(new) {
-                        tracing::error!(error = %e, "reload refused; the running configuration stays");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the running configuration stays")
-                }
+            if let Err(e) = reloader.reload_loaded(cli::load_config(path.as_deref())) {
+                tracing::error!(error = %e, "reload refused; the running configuration stays");
             }
         }
     });

@@ -104,6 +104,9 @@ pub struct Metrics {
     pub revocations_received: IntCounter,
     /// Whole-cache flushes (after the database connection was lost and regained).
     pub cache_flushes: IntCounter,
+    /// Configuration reloads (SIGHUP or API) by outcome: `success` (applied) or `failure`
+    /// (refused; the running configuration stays). Both series exist from start at 0.
+    pub config_reloads: IntCounterVec,
 }
 
 /// Pre-resolved handles for one deployment.
@@ -199,6 +202,16 @@ impl Metrics {
             "bentogate_token_cache_flushes_total",
             "Whole-cache flushes after the token database connection was regained",
         )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "bentogate_config_reloads_total",
+                "Configuration reloads by outcome (success: applied; failure: refused, the running configuration stays)",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["success", "failure"] {
+            config_reloads.with_label_values(&[outcome]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("bentogate_build_info", "Build information; always 1"),
             &["version"],
@@ -223,6 +236,7 @@ impl Metrics {
         registry.register(Box::new(token_file_reloads.clone()))?;
         registry.register(Box::new(token_file_healthy.clone()))?;
         registry.register(Box::new(tokens_loaded.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Metrics {
             registry,
@@ -242,6 +256,7 @@ impl Metrics {
             token_source_up,
             revocations_received,
             cache_flushes,
+            config_reloads,
         })
     }
 

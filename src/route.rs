@@ -2,7 +2,9 @@
 //!
 //! Owns matching a request to a deployment. Routes that name hosts are tried first for their
 //! hosts; routes without hosts (the sidecar case) match any host after that. Prefixes match on
-//! segment boundaries (`/api` matches `/api` and `/api/x`, not `/apix`). Matching borrows the
+//! segment boundaries (`/api` matches `/api` and `/api/x`, not `/apix`); a `;` ends a segment
+//! too (`/api;v=1` is under `/api`), because upstreams that read path parameters (Tomcat,
+//! Spring) route it there. Paths arrive normalized ([`crate::path`]). Matching borrows the
 //! request and allocates nothing.
 
 use std::collections::HashMap;
@@ -31,6 +33,8 @@ pub struct Route {
     pub slots: Arc<Semaphore>,
     /// The deployment's position in the configuration: how the upstream client finds its pool.
     pub index: usize,
+    /// WebSocket upgrades are tunnelled (the deployment's `websocket`, on by default).
+    pub websocket: bool,
 }
 
 impl Route {
@@ -70,6 +74,7 @@ impl RouteTable {
                 public_paths: d.public_paths.iter().map(|p| p.as_str().into()).collect(),
                 metrics: metrics.for_route(&d.name),
                 slots: Arc::new(Semaphore::new(max_per_upstream)),
+                websocket: d.websocket,
             });
             if d.hosts.is_empty() {
                 any_host.push(route);
@@ -117,7 +122,7 @@ impl RouteTable {
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || (path.starts_with(prefix)
-            && (path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'))
+            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/' | b';')))
 }
 
 /// Strips the port and a trailing dot, and lower-cases into `buf` only when needed.
@@ -174,6 +179,10 @@ deployments:
         assert_eq!(
             name(&t, Some("a.example.com"), "/v10").as_deref(),
             Some("a-root")
+        );
+        assert_eq!(
+            name(&t, Some("a.example.com"), "/v1;jsessionid=x/y").as_deref(),
+            Some("a-v1")
         );
         assert_eq!(
             name(&t, Some("A.Example.COM:8080"), "/").as_deref(),

@@ -72,12 +72,18 @@ pub enum StartError {
 /// Why a reload was refused; the running configuration stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new configuration file could not be read or validated.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A listener's new certificates could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
     /// The trust for https upstreams could not be set up.
     #[error(transparent)]
     UpstreamTls(#[from] UpstreamTlsError),
+    /// An earlier reload panicked while holding the running state (a bug); nothing was changed.
+    #[error("the running state is unavailable after an earlier failure; restart bentogate")]
+    Poisoned,
 }
 
 /// A bound client-facing listener and, for TLS, its certificates.
@@ -142,6 +148,9 @@ struct Live {
     metrics: Arc<Metrics>,
     validator: Arc<Validator>,
     resolvers: Mutex<Vec<Option<Arc<SniResolver>>>>,
+    /// Failed-authorization buckets shared by the proxy listeners, the token API and
+    /// introspection, so a guesser cannot spread guesses over the three; kept across reloads.
+    throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
 /// Applies a new configuration to a running server (SIGHUP). Cheap to clone.
@@ -149,19 +158,50 @@ struct Live {
 pub struct Reloader(Arc<Live>);
 
 impl Reloader {
+    /// Applies a freshly loaded configuration, or counts the failure to load one, so that
+    /// `bentogate_config_reloads_total{outcome}` sees every attempt (SIGHUP included). Returns
+    /// why the running configuration was kept.
+    pub fn reload_loaded(
+        &self,
+        loaded: Result<Config, crate::config::ConfigError>,
+    ) -> Result<(), ReloadError> {
+        match loaded {
+            Ok(new) => self.reload(new),
+            Err(e) => {
+                self.count(false);
+                Err(e.into())
+            }
+        }
+    }
+
     /// Builds everything the new configuration needs first and swaps only if all of it loads,
     /// so a bad configuration leaves the old one serving. In-flight requests finish on the
-    /// data plane they started on. Listener addresses, limits, the admin listener and the token
-    /// source need a restart; changes to them are logged and left alone.
+    /// data plane they started on. Listener addresses, limits, the throttle, the admin listener
+    /// and the token source need a restart; changes to them are logged and left alone.
     pub fn reload(&self, new: Config) -> Result<(), ReloadError> {
+        let outcome = self.apply(new);
+        self.count(outcome.is_ok());
+        outcome
+    }
+
+    fn count(&self, applied: bool) {
+        self.0
+            .metrics
+            .config_reloads
+            .with_label_values(&[if applied { "success" } else { "failure" }])
+            .inc();
+    }
+
+    fn apply(&self, new: Config) -> Result<(), ReloadError> {
         let live = &self.0;
-        let gateway = Gateway::new(&new, Arc::clone(&live.validator), &live.metrics)?;
-        let Ok(resolvers) = live.resolvers.lock() else {
-            return Ok(());
-        };
-        let Ok(mut old) = live.config.lock() else {
-            return Ok(());
-        };
+        let gateway = Gateway::new(
+            &new,
+            Arc::clone(&live.validator),
+            &live.metrics,
+            live.throttle.clone(),
+        )?;
+        let resolvers = live.resolvers.lock().map_err(|_| ReloadError::Poisoned)?;
+        let mut old = live.config.lock().map_err(|_| ReloadError::Poisoned)?;
         // Load every new certificate set before replacing any.
         let mut staged = Vec::new();
         for (i, resolver) in resolvers.iter().enumerate() {
@@ -187,6 +227,9 @@ impl Reloader {
         }
         if old.limits != new.limits || old.worker_threads != new.worker_threads {
             tracing::warn!("limits and runtime changes need a restart; kept the running ones");
+        }
+        if old.throttle != new.throttle {
+            tracing::warn!("throttle changes need a restart; kept the running throttle");
         }
         if old.tokens.file != new.tokens.file
             || old.tokens.introspect.is_some() != new.tokens.introspect.is_some()
@@ -248,14 +291,15 @@ impl App {
                 (Some(file), Arc::new(validator), Some(store))
             }
         };
-        let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics)?;
+        let throttle = crate::throttle::Throttle::new(&config.throttle).map(Arc::new);
+        let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics, throttle.clone())?;
         let draining = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin::new(
             Arc::clone(&metrics),
             Arc::clone(&validator),
             store,
             Arc::clone(&draining),
-            crate::throttle::Throttle::new(&config.throttle),
+            throttle.clone(),
         ));
         Ok(App {
             limits: config.limits.clone(),
@@ -266,6 +310,7 @@ impl App {
                 metrics: Arc::clone(&metrics),
                 validator: Arc::clone(&validator),
                 resolvers: Mutex::new(Vec::new()),
+                throttle,
             }),
             metrics,
             source,

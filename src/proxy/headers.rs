@@ -1,9 +1,12 @@
-//! Header rewriting for forwarding (SPEC section 4).
+//! Header rewriting for forwarding.
 //!
 //! Owns what crosses the proxy: hop-by-hop headers are removed both ways (RFC 9110 section 7.6.1,
-//! including names listed in `Connection`); `X-Forwarded-For/Proto/Host` and `Via` (RFC 9110
-//! section 7.6.3) are set; Authorization is stripped by default; identity headers that arrive from
-//! the client are always removed before ours are added, so a caller can never spoof them.
+//! including names listed in `Connection`, and `HTTP2-Settings`); `X-Forwarded-For/Proto/Host`
+//! and `Via` (RFC 9110 section 7.6.3) are set; `Authorization` and `X-YATAI-API-TOKEN` (both
+//! credentials) are stripped by default; identity headers that arrive from the client are always
+//! removed before ours are added, so a caller can never spoof them, and so are their look-alikes
+//! spelt with `_` for `-` (WSGI, CGI and PHP fold the two into one name). Client-supplied
+//! `X-Forwarded-For`, `Forwarded` and `X-Real-IP` are believed only from a trusted proxy.
 
 use std::net::IpAddr;
 
@@ -16,8 +19,26 @@ use crate::token::Token;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// The bentoml client's credential header; a credential like `Authorization`.
+pub static X_YATAI_API_TOKEN: HeaderName = HeaderName::from_static("x-yatai-api-token");
 const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The connection a request arrived on, as the rewrite needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop {
+    /// The peer's address.
+    pub client: IpAddr,
+    /// True when the peer is one of `throttle.trusted_proxies`: only then are the client's
+    /// `X-Forwarded-For`, `Forwarded` and `X-Real-IP` passed on.
+    pub trusted: bool,
+    /// True on a TLS listener.
+    pub https: bool,
+    /// The protocol version the client spoke (for `Via`).
+    pub version: Version,
+}
 
 /// The `Via` entry this proxy adds, by the protocol version it received.
 fn via(version: Version) -> HeaderValue {
@@ -82,19 +103,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a request's headers for the upstream.
+/// Rewrites a request's headers for the upstream. `host` is the host the request was routed
+/// on (for `X-Forwarded-Host`).
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     config: &ForwardingConfig,
-    client: IpAddr,
-    version: Version,
+    hop: &Hop,
     host: Option<HeaderValue>,
     token: Option<&Token>,
-    https: bool,
 ) {
     remove_hop_by_hop(headers);
+    if headers.keys().any(|n| n.as_str().contains('_')) {
+        remove_lookalikes(headers, config);
+    }
     if config.strip_authorization {
         headers.remove(AUTHORIZATION);
+        headers.remove(&X_YATAI_API_TOKEN);
     }
     // Our identity headers replace any the client sent (`insert` drops every prior value);
     // names we do not fill are removed, so a caller can never spoof them.
@@ -114,16 +138,53 @@ pub fn rewrite_request(
             (None, _) => {}
         }
     }
-    append_forwarded_for(headers, client);
+    if hop.trusted {
+        append_forwarded_for(headers, hop.client);
+    } else {
+        // From anyone else these name whoever the client claims to be: say who it is instead.
+        headers.insert(X_FORWARDED_FOR.clone(), ip_value(hop.client));
+        headers.remove(&FORWARDED);
+        headers.remove(&X_REAL_IP);
+    }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        if https { PROTO_HTTPS } else { PROTO_HTTP },
+        if hop.https { PROTO_HTTPS } else { PROTO_HTTP },
     );
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
     };
-    headers.append(VIA, via(version));
+    headers.append(VIA, via(hop.version));
+}
+
+/// Removes client headers whose name, with `_` read as `-`, is one bentogate sets or strips:
+/// the identity headers, the credentials (when stripped) and the forwarding headers. A stack
+/// that folds `_` into `-` would otherwise read them as ours.
+fn remove_lookalikes(headers: &mut HeaderMap, config: &ForwardingConfig) {
+    let managed = |folded: &str| {
+        let ids = &config.identity;
+        [&ids.token_uid, &ids.token_name, &ids.token_owner]
+            .into_iter()
+            .flatten()
+            .any(|n| n.as_str() == folded)
+            || [
+                &X_FORWARDED_FOR,
+                &X_FORWARDED_PROTO,
+                &X_FORWARDED_HOST,
+                &X_REAL_IP,
+            ]
+            .iter()
+            .any(|n| n.as_str() == folded)
+            || (config.strip_authorization && folded == X_YATAI_API_TOKEN.as_str())
+    };
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_') && managed(&n.as_str().replace('_', "-")))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
 }
 
 /// Rewrites an upstream response's headers for the client.
@@ -196,6 +257,15 @@ mod tests {
         }
     }
 
+    fn hop(trusted: bool, version: Version) -> Hop {
+        Hop {
+            client: "10.0.0.1".parse().unwrap(),
+            trusted,
+            https: false,
+            version,
+        }
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -232,30 +302,14 @@ mod tests {
             ("x-bentogate-token-owner", "forged"),
             ("authorization", "Bearer secret"),
         ]);
-        rewrite_request(
-            &mut h,
-            &cfg,
-            "10.0.0.1".parse().unwrap(),
-            Version::HTTP_11,
-            None,
-            None,
-            false,
-        );
+        rewrite_request(&mut h, &cfg, &hop(false, Version::HTTP_11), None, None);
         assert!(h.get("x-bentogate-token-uid").is_none());
         assert!(h.get("x-bentogate-token-owner").is_none());
         assert!(h.get("authorization").is_none());
 
         let mut h = headers(&[("x-bentogate-token-uid", "forged")]);
         let t = token(OwnerKind::Personal);
-        rewrite_request(
-            &mut h,
-            &cfg,
-            "10.0.0.1".parse().unwrap(),
-            Version::HTTP_11,
-            None,
-            Some(&t),
-            false,
-        );
+        rewrite_request(&mut h, &cfg, &hop(false, Version::HTTP_11), None, Some(&t));
         assert_eq!(
             h.get_all("x-bentogate-token-uid")
                 .iter()
@@ -265,15 +319,7 @@ mod tests {
         assert_eq!(h["x-bentogate-token-name"], "ci");
         assert_eq!(h["x-bentogate-token-owner"], "ann");
         let t = token(OwnerKind::Organization);
-        rewrite_request(
-            &mut h,
-            &cfg,
-            "10.0.0.1".parse().unwrap(),
-            Version::HTTP_11,
-            None,
-            Some(&t),
-            false,
-        );
+        rewrite_request(&mut h, &cfg, &hop(false, Version::HTTP_11), None, Some(&t));
         assert_eq!(h["x-bentogate-token-owner"], "organization");
     }
 
@@ -300,11 +346,9 @@ mod tests {
         rewrite_request(
             &mut h,
             &cfg,
-            "10.0.0.1".parse().unwrap(),
-            Version::HTTP_2,
+            &hop(true, Version::HTTP_2),
             Some(HeaderValue::from_static("a.example.com")),
             None,
-            false,
         );
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -313,5 +357,53 @@ mod tests {
             h.get_all("via").iter().collect::<Vec<_>>(),
             ["1.1 edge", "2 bentogate"]
         );
+    }
+
+    #[test]
+    fn client_forwarding_headers_count_only_from_trusted_proxies() {
+        let cfg = forwarding();
+        let sent = [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+        ];
+        let mut h = headers(&sent);
+        rewrite_request(&mut h, &cfg, &hop(false, Version::HTTP_11), None, None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-real-ip").is_none());
+        let mut h = headers(&sent);
+        rewrite_request(&mut h, &cfg, &hop(true, Version::HTTP_11), None, None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h["forwarded"], "for=203.0.113.9");
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+    }
+
+    #[test]
+    fn lookalikes_and_credentials_are_removed() {
+        let cfg = forwarding();
+        let mut h = headers(&[
+            ("x_bentogate_token_uid", "forged"),
+            ("x-bentogate_token-owner", "forged"),
+            ("x_forwarded_for", "203.0.113.9"),
+            ("x_real_ip", "203.0.113.9"),
+            ("x-yatai-api-token", "secret"),
+            ("x_yatai_api_token", "secret"),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
+            ("x_custom_header", "kept"),
+        ]);
+        rewrite_request(&mut h, &cfg, &hop(false, Version::HTTP_11), None, None);
+        for gone in [
+            "x_bentogate_token_uid",
+            "x-bentogate_token-owner",
+            "x_forwarded_for",
+            "x_real_ip",
+            "x-yatai-api-token",
+            "x_yatai_api_token",
+            "http2-settings",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} was forwarded");
+        }
+        assert_eq!(h["x_custom_header"], "kept");
     }
 }

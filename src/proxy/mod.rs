@@ -1,20 +1,21 @@
 //! The request pipeline, in phase order.
 //!
-//! 1. **check**: header block size (431), path dot-segments (400);
-//! 2. **route**: host + longest prefix (404);
+//! 1. **check**: header block size (431), CONNECT (405), the target read once ([`target`]): one
+//!    valid host and the normalized path, or 400;
+//! 2. **route**: host + longest prefix of the normalized path (404);
 //! 3. **authorize**: public route or public path passes; otherwise Bearer credentials through the
 //!    validator and the route's policy (401, 403);
-//! 4. **rewrite**: headers for the upstream ([`headers`]);
+//! 4. **rewrite**: the normalized path and the routed host, headers for the upstream ([`headers`]);
 //! 5. **forward**: pooled client, response-headers timeout (502, 504);
-//! 6. **respond**: the upstream's body streams through frame by frame; an accepted `Upgrade`
-//!    (WebSocket) becomes a byte tunnel between the two connections;
+//! 6. **respond**: the upstream's body streams through frame by frame; an accepted WebSocket
+//!    upgrade becomes a byte tunnel between the two connections (no other upgrade is forwarded);
 //! 7. **log**: one metrics update and one access-log line.
 //!
 //! Every answer the gateway gives itself is a [`Reject`], turned into HTTP in one place.
 
 pub mod headers;
-pub mod path;
 pub mod reject;
+pub mod target;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -22,9 +23,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, UPGRADE};
+use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
@@ -33,8 +35,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::auth::{self, Credentials};
 use crate::clock;
-use crate::config::{Config, ForwardingConfig, Policy, UpstreamProtocol};
+use crate::config::{Config, ForwardingConfig, IpNet, Policy, UpstreamProtocol};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::path::PathError;
 use crate::route::{Route, RouteTable};
 use crate::throttle::Throttle;
 use crate::token::Token;
@@ -56,7 +59,9 @@ pub struct Gateway<C = HttpsConnector<HttpConnector>, B = Incoming> {
     max_header_bytes: usize,
     unrouted: RouteMetrics,
     access_log: bool,
-    throttle: Option<Throttle>,
+    throttle: Option<Arc<Throttle>>,
+    /// Peers whose forwarding headers are believed (`throttle.trusted_proxies`).
+    trusted_proxies: Box<[IpNet]>,
     throttle_failures: prometheus::IntCounter,
     throttle_clients: prometheus::IntGauge,
 }
@@ -80,22 +85,25 @@ impl From<SocketAddr> for Peer {
 struct Admitted<'a> {
     route: &'a Route,
     token: Option<Arc<Token>>,
+    /// The host the request was routed on; the upstream is sent this one, never another.
+    host: Option<HeaderValue>,
+    /// The normalized path, when it differs from the one the client sent.
+    path: Option<String>,
 }
 
 impl Gateway {
-    /// Builds the gateway for a configuration around a shared validator, forwarding over TCP
-    /// (and TLS for `https://` upstreams).
+    /// Builds the gateway for a configuration around a shared validator and failure throttle,
+    /// forwarding over TCP (and TLS for `https://` upstreams).
     pub fn new(
         config: &Config,
         validator: Arc<Validator>,
         metrics: &Metrics,
+        throttle: Option<Arc<Throttle>>,
     ) -> Result<Gateway, upstream::UpstreamTlsError> {
-        Ok(Gateway::with_client(
-            config,
-            validator,
-            metrics,
-            UpstreamClient::new(config)?,
-        ))
+        Ok(
+            Gateway::with_client(config, validator, metrics, UpstreamClient::new(config)?)
+                .with_throttle(throttle),
+        )
     }
 }
 
@@ -127,10 +135,17 @@ where
             max_header_bytes: config.limits.max_header_bytes,
             unrouted: metrics.for_route(""),
             access_log: config.log.access,
-            throttle: Throttle::new(&config.throttle),
+            throttle: Throttle::new(&config.throttle).map(Arc::new),
+            trusted_proxies: config.throttle.trusted_proxies.clone().into(),
             throttle_failures: metrics.throttle_failures.clone(),
             throttle_clients: metrics.throttle_clients.clone(),
         }
+    }
+
+    /// Uses `throttle`'s buckets (shared with the admin listener) instead of the gateway's own.
+    pub fn with_throttle(mut self, throttle: Option<Arc<Throttle>>) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     /// Serves one request from `client`.
@@ -149,9 +164,15 @@ where
                 reject.outcome(),
                 reject.response().map(Either::Right),
             ),
-            Ok(Admitted { route, token }) => {
+            Ok(Admitted {
+                route,
+                token,
+                host,
+                path,
+            }) => {
+                let routed = Routed { host, path };
                 match self
-                    .forward(route, parts, body, client, token.as_deref())
+                    .forward(route, parts, body, client, token.as_deref(), routed)
                     .await
                 {
                     Ok(res) => {
@@ -222,21 +243,37 @@ where
         if header_bytes > self.max_header_bytes {
             return Err((None, Reject::HeadersTooLarge));
         }
-        let path = parts.uri.path();
-        if has_dot_segments(path) {
-            return Err((None, Reject::DotSegments));
+        // A tunnel to anywhere the client names: never (RFC 9110 section 9.3.6).
+        if parts.method == Method::CONNECT {
+            return Err((None, Reject::MethodNotAllowed));
         }
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
+        let target = target::read(parts, self.forwarding.merge_slashes).map_err(|e| {
+            (
+                None,
+                match e {
+                    target::TargetError::Host(e) => Reject::BadHost(e),
+                    target::TargetError::Path(e) => Reject::BadPath(e),
+                },
+            )
+        })?;
+        let path = &*target.path;
         let route = self
             .routes
-            .route(host, path)
+            .route(target.host_str(), path)
             .ok_or((None, Reject::NoRoute))?;
+        let admitted = |token| {
+            Ok(Admitted {
+                route,
+                token,
+                path: match &target.path {
+                    std::borrow::Cow::Owned(p) => Some(p.clone()),
+                    std::borrow::Cow::Borrowed(_) => None,
+                },
+                host: target.host.clone(),
+            })
+        };
         if route.policy == Policy::Public || route.is_public_path(path) {
-            return Ok(Admitted { route, token: None });
+            return admitted(None);
         }
         let deny = |r| Err((Some(&**route), r));
         let now = clock::now();
@@ -268,10 +305,7 @@ where
         match verdict {
             Verdict::Valid(token) if auth::permits(route.policy, &route.name, &token) => {
                 token.mark_used(now);
-                Ok(Admitted {
-                    route,
-                    token: Some(token),
-                })
+                admitted(Some(token))
             }
             Verdict::Valid(_) => deny(Reject::InsufficientScope),
             Verdict::Malformed | Verdict::Unknown | Verdict::Expired => {
@@ -313,42 +347,55 @@ where
         body: B,
         client: Peer,
         token: Option<&Token>,
+        routed: Routed,
     ) -> Result<Response<UpstreamBody<B>>, Reject> {
         let client_version = parts.version;
-        // An HTTP/1.1 `Upgrade` (WebSocket): keep the two headers the hop-by-hop rule removes,
-        // and take the client side of the connection for the tunnel.
-        let upgrade = upgrade_protocol(&parts).map(|protocol| {
-            (
-                protocol,
-                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
-            )
-        });
-        let host = match parts.headers.get(HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        // A WebSocket upgrade (the only one tunnelled): keep the two headers the hop-by-hop rule
+        // removes, and take the client side of the connection for the tunnel. Any other
+        // `Upgrade` (h2c included) is dropped with the hop-by-hop headers: a plain request.
+        let upgrade = (route.websocket && is_websocket_upgrade(&parts))
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        if let Some(path) = routed.path {
+            // The upstream routes on exactly the path that was authorized; the query as sent.
+            let target = match parts.uri.query() {
+                Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+                None => PathAndQuery::try_from(path),
+            };
+            parts.uri = Uri::from(target.map_err(|_| Reject::BadPath(PathError::NotOrigin))?);
+        }
+        let hop = headers::Hop {
+            client: client.addr.ip(),
+            trusted: !self.trusted_proxies.is_empty()
+                && self
+                    .trusted_proxies
+                    .iter()
+                    .any(|n| n.contains(client.addr.ip())),
+            https: client.https,
+            version: client_version,
         };
         headers::rewrite_request(
             &mut parts.headers,
             &self.forwarding,
-            client.addr.ip(),
-            client_version,
-            host.clone(),
+            &hop,
+            routed.host.clone(),
             token,
-            client.https,
         );
-        if let Some((protocol, _)) = &upgrade {
-            parts.headers.insert(UPGRADE, protocol.clone());
+        if upgrade.is_some() {
+            parts.headers.insert(UPGRADE, WEBSOCKET);
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         }
         if route.upstream.protocol == UpstreamProtocol::Http1 {
-            // An HTTP/2 client sends :authority, not Host; keep the name it asked for.
-            if let (false, Some(h)) = (parts.headers.contains_key(HOST), host) {
-                parts.headers.insert(HOST, h);
+            // The host routed on, never another: an absolute-form target's authority or
+            // HTTP/2's :authority replaces whatever Host the client also sent.
+            match routed.host {
+                Some(h) => {
+                    parts.headers.insert(HOST, h);
+                }
+                None => {
+                    parts.headers.remove(HOST);
+                }
             }
         }
         let request = Request::from_parts(parts, body);
@@ -378,9 +425,7 @@ where
         };
         let (mut res, mut slot) = (res, slot);
         let tunnel = match upgrade {
-            Some((protocol, Some(client_side)))
-                if res.status() == StatusCode::SWITCHING_PROTOCOLS =>
-            {
+            Some(Some(client_side)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream_side = hyper::upgrade::on(&mut res);
                 tokio::spawn(tunnel(
                     client_side,
@@ -388,24 +433,29 @@ where
                     route.name.clone(),
                     slot.take(),
                 ));
-                Some(protocol)
+                true
             }
-            _ => None,
+            // A switch nobody asked for would leave the client on a connection in an unknown
+            // protocol: the upstream misbehaved.
+            _ if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                tracing::warn!(
+                    deployment = &*route.name,
+                    "upstream switched protocols without a WebSocket upgrade; answered 502"
+                );
+                return Err(Reject::UpstreamUnavailable);
+            }
+            _ => false,
         };
         let (mut parts, body) = res.into_parts();
         headers::rewrite_response(&mut parts.headers, client_version);
         // The slot, unless a tunnel holds it, is released when the body is done.
         let body = body.holding(slot);
-        let body = match tunnel {
-            Some(protocol) => {
-                parts.headers.insert(UPGRADE, protocol);
-                parts
-                    .headers
-                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-                body
-            }
-            None => body,
-        };
+        if tunnel {
+            parts.headers.insert(UPGRADE, WEBSOCKET);
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         Ok(Response::from_parts(parts, body))
     }
 
@@ -415,11 +465,20 @@ where
     }
 }
 
-/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` and
-/// `Upgrade: websocket`, say); none for anything else.
-fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
-    if parts.version != Version::HTTP_11 {
-        return None;
+/// What admission decided the upstream is sent: the routed host and, if it changed, the path.
+struct Routed {
+    host: Option<HeaderValue>,
+    path: Option<String>,
+}
+
+const WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+
+/// True for a WebSocket opening handshake (RFC 6455 section 4.1): HTTP/1.1 GET with
+/// `Connection: upgrade`, `Upgrade: websocket` and `Sec-WebSocket-Version: 13`. Nothing else is
+/// tunnelled: an h2c or other upgrade would carry requests bentogate never sees.
+fn is_websocket_upgrade(parts: &Parts) -> bool {
+    if parts.version != Version::HTTP_11 || parts.method != Method::GET {
+        return false;
     }
     let asks = parts.headers.get_all(CONNECTION).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
@@ -427,7 +486,16 @@ fn upgrade_protocol(parts: &Parts) -> Option<HeaderValue> {
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         })
     });
-    asks.then(|| parts.headers.get(UPGRADE).cloned()).flatten()
+    let mut upgrade = parts.headers.get_all(UPGRADE).iter();
+    let websocket = upgrade
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        && upgrade.next().is_none();
+    let version_13 = parts
+        .headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"13");
+    asks && websocket && version_13
 }
 
 /// Copies bytes both ways between an upgraded client connection and the upstream's until either
@@ -461,57 +529,72 @@ async fn tunnel(
     }
 }
 
-/// True when a path segment is `.` or `..`, literally or percent-encoded (RFC 3986 section 5.2.4):
-/// such a path could be matched by one route's prefix and resolved by the upstream into another's.
-fn has_dot_segments(path: &str) -> bool {
-    // Most paths hold neither a dot nor a percent sign: one scan decides.
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
-        return false;
-    }
-    path.split('/')
-        .any(|seg| matches!(dot_count(seg.as_bytes()), Some(1 | 2)))
-}
-
-/// How many dots a segment made only of `.` and `%2e` spells; `None` if it holds anything else.
-fn dot_count(mut seg: &[u8]) -> Option<usize> {
-    let mut n = 0;
-    while !seg.is_empty() {
-        seg = match seg {
-            [b'.', rest @ ..] => rest,
-            [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => rest,
-            _ => return None,
-        };
-        n += 1;
-    }
-    Some(n)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::has_dot_segments;
+    use super::*;
+
+    fn parts(version: Version, method: Method, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder()
+            .uri("/ws")
+            .version(version)
+            .method(method);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
 
     #[test]
-    fn finds_dot_segments_in_every_spelling() {
-        for p in [
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/a/%2e%2e/b",
-            "/a/.%2E/b",
-            "/a/%2e./b",
-            "/a/%2E",
+    fn only_websocket_version_13_is_an_upgrade() {
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+        ];
+        assert!(is_websocket_upgrade(&parts(
+            Version::HTTP_11,
+            Method::GET,
+            &ws
+        )));
+        assert!(!is_websocket_upgrade(&parts(
+            Version::HTTP_11,
+            Method::POST,
+            &ws
+        )));
+        assert!(!is_websocket_upgrade(&parts(
+            Version::HTTP_10,
+            Method::GET,
+            &ws
+        )));
+        for refused in [
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "h2c"),
+                ("sec-websocket-version", "13"),
+            ][..],
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket, h2c"),
+                ("sec-websocket-version", "13"),
+            ],
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "8"),
+            ],
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            &[("upgrade", "websocket"), ("sec-websocket-version", "13")],
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "h2c"),
+                ("sec-websocket-version", "13"),
+            ],
         ] {
-            assert!(has_dot_segments(p), "{p}");
-        }
-        for p in [
-            "/",
-            "/a/b",
-            "/a/...",
-            "/a/.well-known",
-            "/a/b.c",
-            "/%2e%2e%2e",
-        ] {
-            assert!(!has_dot_segments(p), "{p}");
+            assert!(
+                !is_websocket_upgrade(&parts(Version::HTTP_11, Method::GET, refused)),
+                "{refused:?}"
+            );
         }
     }
 }

@@ -8,7 +8,9 @@ use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use super::target::HostError;
 use crate::metrics::Outcome;
+use crate::path::PathError;
 
 /// Why the gateway answers instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,9 +18,16 @@ pub enum Reject {
     /// No deployment matches the host and path.
     #[error("no route")]
     NoRoute,
-    /// The path holds dot-segments, which could reach another route's upstream path.
-    #[error("dot segments in path")]
-    DotSegments,
+    /// The path cannot be read one way only (an encoded `/`, a control byte, a climb above
+    /// the root...): it could reach another route's upstream path.
+    #[error("unacceptable path: {0}")]
+    BadPath(PathError),
+    /// No single valid host: the upstream could read another than the one routed on.
+    #[error("unacceptable host: {0}")]
+    BadHost(HostError),
+    /// CONNECT: bentogate tunnels to no address a client names.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// More than one Authorization header.
     #[error("duplicated authorization header")]
     DuplicateAuthorization,
@@ -59,6 +68,39 @@ const REALM_SCOPE: HeaderValue =
 const REALM_REQUEST: HeaderValue =
     HeaderValue::from_static(r#"Bearer realm="bentogate", error="invalid_request""#);
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const ALLOWED_METHODS: HeaderValue =
+    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE");
+
+/// The 400 body for a path: says what to fix, never repeats the path.
+fn path_message(e: PathError) -> &'static str {
+    match e {
+        PathError::NotOrigin => r#"{"error":"the request target must be a path starting with /"}"#,
+        PathError::BadEscape => {
+            r#"{"error":"the path has a % not followed by two hex digits; encode % as %25"}"#
+        }
+        PathError::EncodedSeparator => {
+            r#"{"error":"the path holds an encoded / or a backslash; send / unencoded and no backslash"}"#
+        }
+        PathError::ControlByte => r#"{"error":"the path holds a control character or %00"}"#,
+        PathError::InvalidUtf8 => r#"{"error":"the path's percent-escapes are not valid UTF-8"}"#,
+        PathError::AboveRoot => r#"{"error":"the path climbs above / with .. segments"}"#,
+        PathError::DotParameter => {
+            r#"{"error":"the path has a . or .. segment with ; parameters"}"#
+        }
+    }
+}
+
+/// The 400 body for a host: says what to fix, never repeats the host.
+fn host_message(e: HostError) -> &'static str {
+    match e {
+        HostError::Missing => r#"{"error":"HTTP/1.1 requests need a Host header"}"#,
+        HostError::Duplicated => r#"{"error":"send exactly one Host header"}"#,
+        HostError::Invalid => r#"{"error":"the Host header is not a valid host[:port]"}"#,
+        HostError::Mismatch => {
+            r#"{"error":"the host header differs from :authority; send one host"}"#
+        }
+    }
+}
 
 impl Reject {
     /// Status, `WWW-Authenticate` value and body: the single place errors become HTTP.
@@ -69,10 +111,12 @@ impl Reject {
                 None,
                 r#"{"error":"no deployment is served at this host and path; check the URL"}"#,
             ),
-            Reject::DotSegments => (
-                StatusCode::BAD_REQUEST,
+            Reject::BadPath(e) => (StatusCode::BAD_REQUEST, None, path_message(e)),
+            Reject::BadHost(e) => (StatusCode::BAD_REQUEST, None, host_message(e)),
+            Reject::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
                 None,
-                r#"{"error":"the path contains . or .. segments; send the normalized path"}"#,
+                r#"{"error":"CONNECT is not served; send requests to a deployment's URL"}"#,
             ),
             Reject::DuplicateAuthorization => (
                 StatusCode::BAD_REQUEST,
@@ -131,7 +175,10 @@ impl Reject {
     pub fn outcome(self) -> Outcome {
         match self {
             Reject::NoRoute => Outcome::NotFound,
-            Reject::DotSegments | Reject::DuplicateAuthorization => Outcome::BadRequest,
+            Reject::BadPath(_)
+            | Reject::BadHost(_)
+            | Reject::MethodNotAllowed
+            | Reject::DuplicateAuthorization => Outcome::BadRequest,
             Reject::HeadersTooLarge => Outcome::HeadersTooLarge,
             Reject::MissingCredentials | Reject::NotBearer | Reject::InvalidToken => {
                 Outcome::Unauthorized
@@ -153,6 +200,10 @@ impl Reject {
         if let Some(c) = challenge {
             res.headers_mut().insert(WWW_AUTHENTICATE, c);
         }
+        if self == Reject::MethodNotAllowed {
+            res.headers_mut()
+                .insert(http::header::ALLOW, ALLOWED_METHODS);
+        }
         if let Reject::Throttled(seconds) = self {
             res.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
@@ -165,9 +216,11 @@ impl Reject {
 mod tests {
     use super::*;
 
-    const ALL: [Reject; 12] = [
+    const ALL: [Reject; 14] = [
         Reject::NoRoute,
-        Reject::DotSegments,
+        Reject::BadPath(PathError::AboveRoot),
+        Reject::BadHost(HostError::Missing),
+        Reject::MethodNotAllowed,
         Reject::DuplicateAuthorization,
         Reject::HeadersTooLarge,
         Reject::MissingCredentials,
@@ -182,7 +235,9 @@ mod tests {
 
     #[test]
     fn each_reject_has_its_status() {
-        let want = [404, 400, 400, 431, 401, 401, 401, 401, 429, 403, 502, 504];
+        let want = [
+            404, 400, 400, 405, 400, 431, 401, 401, 401, 401, 429, 403, 502, 504,
+        ];
         for (r, code) in ALL.iter().zip(want) {
             assert_eq!(r.response().status().as_u16(), code, "{r:?}");
         }
@@ -211,7 +266,24 @@ mod tests {
 
     #[test]
     fn bodies_are_json_objects_with_an_error() {
-        for r in ALL {
+        let paths = [
+            PathError::NotOrigin,
+            PathError::BadEscape,
+            PathError::EncodedSeparator,
+            PathError::ControlByte,
+            PathError::InvalidUtf8,
+            PathError::AboveRoot,
+            PathError::DotParameter,
+        ]
+        .map(Reject::BadPath);
+        let hosts = [
+            HostError::Missing,
+            HostError::Duplicated,
+            HostError::Invalid,
+            HostError::Mismatch,
+        ]
+        .map(Reject::BadHost);
+        for r in ALL.into_iter().chain(paths).chain(hosts) {
             let (_, _, body) = r.parts();
             let v: serde_json::Value = serde_json::from_str(body).unwrap();
             assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()), "{r:?}");
