@@ -438,3 +438,73 @@ pub async fn hanging_request(gate: SocketAddr, upstream: &Upstream) -> tokio::ne
     .await;
     stream
 }
+
+/// A child process started in its own process group; the whole group (workers included) is
+/// killed when this is dropped, so no process of the suite outlives its test.
+pub struct ProcessGroup(pub std::process::Child);
+
+impl ProcessGroup {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut std::process::Command) -> ProcessGroup {
+        use std::os::unix::process::CommandExt;
+        ProcessGroup(cmd.process_group(0).spawn().expect("child process starts"))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // The group id is the leader's pid; `kill -- -PGID` reaches every member.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The pinned bentoml virtualenv's python (it has uvicorn and Starlette too), installing it on
+/// first use through tests/bentoml/venv.sh.
+pub fn bentoml_python() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bentoml/venv.sh");
+    let out = std::process::Command::new("bash")
+        .arg(here)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("bash runs tests/bentoml/venv.sh");
+    assert!(
+        out.status.success(),
+        "tests/bentoml/venv.sh could not install bentoml (PyPI reachable?)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A free port on 127.0.0.1 for a child process to bind (it is released before the child binds).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends raw request bytes on a new connection and reads until the server closes it (or 10 s):
+/// the status (0 when nothing parseable came back) and the body text after the header block.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "no complete answer within 10 s");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
