@@ -507,7 +507,8 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = write_config(d, u.addr, "log: {format: json, access: false}\n");
-    // Bootstrap with the local CLI: an organization token that may administer.
+    // Bootstrap with the local CLI: an organization token that may administer, holding what
+    // it will delegate (a new token grants no more than its creator holds).
     let boot = run(
         d,
         &[
@@ -518,6 +519,7 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
             "api",
             "--scope",
             "write_organization",
+            "--all-deployments",
             "--config",
             &config,
             "-o",

@@ -62,10 +62,12 @@ fn names(list: &Value) -> Vec<String> {
 #[tokio::test]
 async fn tokens_are_created_listed_read_and_deleted_in_the_clients_shapes() {
     let (_u, g) = control_gate("").await;
+    // It creates a token for deployment `a`, so it must reach `a` itself.
     let (admin_uid, admin) = add_token(
         &g.tokens,
         Grant {
             scopes: vec![API, WRITE_ORG, Scope::ReadCluster],
+            all: true,
             ..Grant::default()
         },
     );
@@ -254,7 +256,13 @@ async fn who_may_do_what_follows_the_scopes_and_roles() {
         user: Some(user),
         ..Grant::default()
     };
-    let (_, ann) = add_token(&g.tokens, scoped("ann", vec![API, WRITE_ORG]));
+    let (_, ann) = add_token(
+        &g.tokens,
+        Grant {
+            all: true,
+            ..scoped("ann", vec![API, WRITE_ORG])
+        },
+    );
     let (_, ann_plain) = add_token(&g.tokens, scoped("ann", vec![API]));
     let (_, bob) = add_token(&g.tokens, scoped("bob", vec![API, WRITE_ORG]));
     let (_, endpoint_only) = add_token(&g.tokens, Grant::to(&["a"]));
@@ -585,6 +593,7 @@ async fn a_sidecar_asks_the_control_plane_and_fails_closed_without_it() {
         &cp.tokens,
         Grant {
             scopes: vec![API, WRITE_ORG, Scope::ReadCluster],
+            all: true,
             ..Grant::default()
         },
     );
@@ -772,4 +781,149 @@ async fn a_sidecar_caches_negatives_briefly_and_never_past_expiry() {
     until_status(sidecar.addr, "/", Some(&short), StatusCode::OK).await;
     let took = until_status(sidecar.addr, "/", Some(&short), StatusCode::UNAUTHORIZED).await;
     assert!(took <= Duration::from_millis(2500), "expiry took {took:?}");
+}
+
+/// Every token list the admin can see, for before/after comparisons.
+async fn all_tokens(g: &Gate, admin: &str) -> Value {
+    let (s, list) = api(
+        g,
+        "GET",
+        "/api/v1/api_tokens?start=0&count=1000",
+        admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    list
+}
+
+/// The security rule: a token may create only a token no more powerful than itself. For each
+/// kind of grant, a caller that lacks it is refused (403, nothing written, nothing from the
+/// request repeated) and a caller that holds it succeeds with the very same request.
+#[tokio::test]
+async fn a_token_may_not_create_a_token_more_powerful_than_itself() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    add_member(&g, "bob", false);
+    let (_, admin) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![API, WRITE_ORG],
+            all: true,
+            monitoring: true,
+            user: Some("ann"),
+            ..Grant::default()
+        },
+    );
+    let now = bentogate::clock::now();
+    let soon = now + 3_600;
+    let later = now + 7_200;
+    let at = |t: i64| bentogate::clock::format(t);
+    // Bob's personal tokens, each lacking (weak) or holding (strong) one grant.
+    let bob = |scopes: Vec<Scope>, deployments: Vec<&'static str>, edit: fn(&mut Grant)| {
+        let mut grant = Grant {
+            scopes,
+            deployments,
+            user: Some("bob"),
+            ..Grant::default()
+        };
+        edit(&mut grant);
+        add_token(&g.tokens, grant).1
+    };
+    let expiring_soon: fn(&mut Grant) = |g| g.expired_at = Some(bentogate::clock::now() + 3_600);
+    let expiring_late: fn(&mut Grant) = |g| g.expired_at = Some(bentogate::clock::now() + 86_400);
+    let cases: Vec<(&str, String, String, Value)> = vec![
+        (
+            "a scope the caller lacks",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API, Scope::ReadCluster], vec![], |_| {}),
+            json!({"name": "secret-name-1", "scopes": ["api", "read_cluster"]}),
+        ),
+        (
+            "All Deployments from a single-deployment token",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API], vec![], |g| g.all = true),
+            json!({"name": "secret-name-2", "all_deployments": true}),
+        ),
+        (
+            "a deployment the caller cannot reach",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API], vec!["a", "secret-deploy"], |_| {}),
+            json!({"name": "secret-name-3", "deployments": ["a", "secret-deploy"]}),
+        ),
+        (
+            "monitoring from a non-monitoring token",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API], vec![], |g| g.monitoring = true),
+            json!({"name": "secret-name-4", "monitoring": true}),
+        ),
+        (
+            "no expiry from an expiring token",
+            bob(vec![API], vec![], expiring_soon),
+            bob(vec![API], vec![], |_| {}),
+            json!({"name": "secret-name-5", "scopes": ["api"]}),
+        ),
+        (
+            "a later expiry than the caller's",
+            bob(vec![API], vec![], expiring_soon),
+            bob(vec![API], vec![], expiring_late),
+            json!({"name": "secret-name-6", "scopes": ["api"], "expired_at": at(later)}),
+        ),
+    ];
+    for (what, weak, strong, body) in &cases {
+        let before = all_tokens(&g, &admin).await;
+        let (s, e) = api(&g, "POST", "/api/v1/api_tokens", weak, body.clone()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{what}: {e}");
+        let message = e["error"].as_str().unwrap();
+        for echoed in ["secret-name", "secret-deploy", &at(later)] {
+            assert!(
+                !message.contains(echoed),
+                "{what}: the refusal repeats the request: {message}"
+            );
+        }
+        assert_eq!(
+            all_tokens(&g, &admin).await,
+            before,
+            "{what}: a refused create wrote something"
+        );
+        let (s, made) = api(&g, "POST", "/api/v1/api_tokens", strong, body.clone()).await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{what}, from a token that holds it: {made}"
+        );
+    }
+    // An expiring caller may create a token that expires no later than itself.
+    let expiring = &cases[4].1;
+    let (s, made) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        expiring,
+        json!({"name": "shorter", "scopes": ["api"], "expired_at": at(soon - 60)}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{made}");
+    // Each refusal says which grant is too wide.
+    let (_, e) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &cases[1].1,
+        cases[1].3.clone(),
+    )
+    .await;
+    assert!(
+        e["error"].as_str().unwrap().contains("All Deployments"),
+        "{e}"
+    );
+    let (_, e) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &cases[3].1,
+        cases[3].3.clone(),
+    )
+    .await;
+    assert!(e["error"].as_str().unwrap().contains("monitoring"), "{e}");
 }

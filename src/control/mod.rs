@@ -8,6 +8,7 @@
 //! mapped to statuses in one place ([`ControlError::status`]).
 
 pub mod api;
+pub mod grant;
 pub mod introspect;
 
 use std::sync::Arc;
@@ -218,7 +219,9 @@ impl Store {
             .ok_or_else(|| no_token(uid))
     }
 
-    /// Creates a token; the value is returned this once and never kept.
+    /// Creates a token; the value is returned this once and never kept. The new token grants
+    /// no more than the calling token holds ([`grant::attenuate`]); that is checked before
+    /// anything is written.
     pub fn create(&self, caller: &Caller, req: NewToken) -> Result<(Secret, Token), ControlError> {
         let now = clock::now();
         if req.name.trim().is_empty() {
@@ -237,11 +240,7 @@ impl Store {
                 "creating an organization token needs an admin's token with the `write_organization` scope".into(),
             ));
         }
-        if !req.scopes.is_subset_of(caller.token.scopes) {
-            return Err(ControlError::Forbidden(
-                "a new token may not hold a scope the calling token does not hold".into(),
-            ));
-        }
+        grant::attenuate(&caller.token, &req)?;
         let owner = if organization {
             None
         } else {
