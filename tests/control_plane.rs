@@ -927,3 +927,91 @@ async fn a_token_may_not_create_a_token_more_powerful_than_itself() {
     .await;
     assert!(e["error"].as_str().unwrap().contains("monitoring"), "{e}");
 }
+
+/// The organization always keeps an active admin: the last one cannot be removed or
+/// deactivated (409), through the API or the local CLI. Deactivating a member kills her
+/// personal tokens at once.
+#[tokio::test]
+async fn the_last_active_admin_cannot_be_removed_or_deactivated() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    add_member(&g, "bob", false);
+    let personal = |user: &'static str, scopes: Vec<Scope>| Grant {
+        scopes,
+        deployments: vec!["a"],
+        user: Some(user),
+        ..Grant::default()
+    };
+    let (_, ann) = add_token(&g.tokens, personal("ann", vec![API, WRITE_ORG]));
+    let (_, bob) = add_token(&g.tokens, personal("bob", vec![API]));
+
+    for (method, path) in [
+        ("DELETE", "/api/v1/members/ann"),
+        ("POST", "/api/v1/members/ann/deactivate"),
+    ] {
+        let (s, e) = api(&g, method, path, &ann, Value::Null).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{method} {path}: {e}");
+        assert!(
+            e["error"].as_str().unwrap().contains("last active admin"),
+            "{e}"
+        );
+    }
+    // The local CLI shares the rule.
+    for command in [
+        bentogate::cli::MemberCommand::Remove { name: "ann".into() },
+        bentogate::cli::MemberCommand::Deactivate { name: "ann".into() },
+    ] {
+        let mut out = Vec::new();
+        let e = bentogate::cli::member(command, &g.tokens, bentogate::cli::Output::Table, &mut out)
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("last active admin"), "{e}");
+    }
+    let (s, _) = api(&g, "GET", "/api/v1/auth/current", &ann, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "ann is still an active admin");
+
+    // Deactivating bob: listed still, his personal tokens refused on both planes at once.
+    assert_eq!(status(g.addr, "/", Some(&bob)).await, StatusCode::OK);
+    let (s, r) = api(
+        &g,
+        "POST",
+        "/api/v1/members/bob/deactivate",
+        &ann,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["disabled_tokens"], 1);
+    assert_eq!(
+        status(g.addr, "/", Some(&bob)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = api(&g, "GET", "/api/v1/auth/current", &bob, Value::Null).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (_, members) = api(&g, "GET", "/api/v1/members", &ann, Value::Null).await;
+    let bob_listed = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bob")
+        .cloned()
+        .unwrap();
+    assert_eq!(bob_listed["active"], false, "{members}");
+
+    // With a second active admin, the first may go.
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/members",
+        &ann,
+        json!({"name": "cy", "admin": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, r) = api(&g, "DELETE", "/api/v1/members/ann", &ann, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        status(g.addr, "/", Some(&ann)).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
