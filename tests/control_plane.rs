@@ -1015,3 +1015,74 @@ async fn the_last_active_admin_cannot_be_removed_or_deactivated() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// Nothing a request sends comes back in an answer: refused creates and member changes carrying
+/// a marker in every field answer without it.
+#[tokio::test]
+async fn answers_never_repeat_what_the_request_sent() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    let (_, admin) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![API, WRITE_ORG],
+            deployments: vec!["a"],
+            user: Some("ann"),
+            ..Grant::default()
+        },
+    );
+    const M: &str = "MARKER";
+    let bodies = [
+        r#"{"name":"MARKER","scopes":["MARKER"]}"#.to_owned(),
+        r#"{"name":"MARKER","scopes":["api"],"expired_at":"MARKER"}"#.to_owned(),
+        r#"{"name":"MARKER","deployments":"MARKER"}"#.to_owned(),
+        r#"{"name":"MARKER","deployments":[{"MARKER":1}]}"#.to_owned(),
+        r#"{"name":"MARKER","description":"MARKER","deployments":["MARKER"]}"#.to_owned(),
+        r#"{"name":"MARKER","scopes":["api"],"all_deployments":true}"#.to_owned(),
+        r#"{"MARKER":"MARKER"}"#.to_owned(),
+        r#"{"name":MARKER}"#.to_owned(),
+        "MARKER".to_owned(),
+    ];
+    let before = all_tokens(&g, &admin).await;
+    for body in &bodies {
+        let a = request(
+            &client(),
+            "POST",
+            g.admin,
+            "/api/v1/api_tokens",
+            &[("x-yatai-api-token", &admin)],
+            body,
+        )
+        .await;
+        assert!(a.status.is_client_error(), "{body}: {}", a.status);
+        assert!(!a.body.contains(M), "{body} came back: {}", a.body);
+    }
+    assert_eq!(all_tokens(&g, &admin).await, before);
+    for (method, path, body) in [
+        ("POST", "/api/v1/members", r#"{"name":"MARKER x"}"#),
+        (
+            "POST",
+            "/api/v1/members",
+            r#"{"name":"MARKER","admin":"MARKER"}"#,
+        ),
+        ("POST", "/api/v1/members", r#"{"MARKER":1}"#),
+        ("DELETE", "/api/v1/members/MARKER%20x", ""),
+        ("DELETE", "/api/v1/members/MARKER", ""),
+        ("POST", "/api/v1/members/MARKER/promote", ""),
+        ("POST", "/api/v1/members/MARKER%2F../deactivate", ""),
+        ("MARKER", "/api/v1/api_tokens", ""),
+        ("GET", "/api/v1/api_tokens?start=MARKER", ""),
+    ] {
+        let a = request(
+            &client(),
+            method,
+            g.admin,
+            path,
+            &[("x-yatai-api-token", &admin)],
+            body,
+        )
+        .await;
+        assert!(a.status.is_client_error(), "{method} {path}: {}", a.status);
+        assert!(!a.body.contains(M), "{method} {path} {body}: {}", a.body);
+    }
+}
