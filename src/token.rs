@@ -262,7 +262,9 @@ impl Scopes {
         other.contains_all(self)
     }
 
-    /// Reads wire names (`api`, `read_cluster`, ...), naming the first unknown one.
+    /// Reads wire names (`api`, `read_cluster`, ...). An unknown name is refused without being
+    /// repeated (it may come from a request, and the message reaches logs); the valid ones are
+    /// listed instead.
     pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let mut out = Scopes::default();
         for name in names {
@@ -270,7 +272,7 @@ impl Scopes {
                 .into_iter()
                 .find(|s| s.as_str() == name)
                 .ok_or_else(|| {
-                    format!("unknown scope `{name}`; use api, read_organization, write_organization, read_cluster or write_cluster")
+                    "unknown scope; the valid scopes are api, read_organization, write_organization, read_cluster and write_cluster".to_owned()
                 })?;
             out.0 |= 1 << s as u8;
         }

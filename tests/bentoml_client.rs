@@ -65,6 +65,9 @@ async fn client_py(
     serde_json::from_str(line).unwrap_or_else(|_| panic!("client.py printed {stdout}"))
 }
 
+/// An organization admin token holding everything the tests delegate with it: the scopes the
+/// clients ask for (`api`, `read_cluster`) and All Deployments. It lacks `write_cluster`, which
+/// client.py asks for to see the refusal.
 fn admin_token(g: &Gate) -> String {
     add_token(
         &g.tokens,
@@ -75,6 +78,7 @@ fn admin_token(g: &Gate) -> String {
                 Scope::WriteOrganization,
                 Scope::ReadCluster,
             ],
+            all: true,
             ..Grant::default()
         },
     )

@@ -236,6 +236,9 @@ fn members_are_added_promoted_and_removed_with_their_tokens() {
         serde_json::from_str(&stdout(&run(d, &["member", "list", "-o", "json"]))).unwrap();
     assert_eq!(list[0]["role"], "admin");
     assert_eq!(list[0]["email"], "ann@example.com");
+    // The last active admin stays; a second one lets her go.
+    assert_eq!(run(d, &["member", "remove", "ann"]).status.code(), Some(1));
+    assert!(run(d, &["member", "add", "cy", "--admin"]).status.success());
     let removed = run(d, &["member", "remove", "ann"]);
     assert!(
         stdout(&removed).contains("deleted 1 personal tokens"),
@@ -247,6 +250,54 @@ fn members_are_added_promoted_and_removed_with_their_tokens() {
         stdout(&run(d, &["token", "list", "-o", "json"])).trim(),
         "[]"
     );
+}
+
+#[test]
+fn the_last_active_admin_cannot_be_removed_or_deactivated_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(run(d, &["member", "add", "ann", "--admin"])
+        .status
+        .success());
+    assert!(run(d, &["member", "add", "bob"]).status.success());
+    for args in [
+        &["member", "remove", "ann"][..],
+        &["member", "deactivate", "ann"],
+    ] {
+        let o = run(d, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&o).contains("last active admin") && stderr(&o).contains("promote"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // Deactivating a member keeps her listed and says her personal tokens stopped working.
+    assert!(run(
+        d,
+        &["token", "create", "b", "--user", "bob", "--deployment", "a"]
+    )
+    .status
+    .success());
+    let off = run(d, &["member", "deactivate", "bob"]);
+    assert!(off.status.success(), "{}", stderr(&off));
+    assert!(
+        stdout(&off).contains("1 personal tokens no longer work"),
+        "{}",
+        stdout(&off)
+    );
+    // A name that breaks the rule is refused without being repeated.
+    let bad = run(d, &["member", "add", "MARKER/../x"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(!stderr(&bad).contains("MARKER"), "{}", stderr(&bad));
+    // With a second active admin, the first may go.
+    assert!(run(d, &["member", "add", "cy", "--admin"]).status.success());
+    assert!(run(d, &["member", "remove", "ann"]).status.success());
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout(&run(d, &["member", "list", "-o", "json"]))).unwrap();
+    let names: Vec<&str> = list.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bob", "cy"]);
+    assert_eq!(list[0]["active"], false);
 }
 
 #[test]
@@ -507,7 +558,8 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = write_config(d, u.addr, "log: {format: json, access: false}\n");
-    // Bootstrap with the local CLI: an organization token that may administer.
+    // Bootstrap with the local CLI: an organization token that may administer, holding what
+    // it will delegate (a new token grants no more than its creator holds).
     let boot = run(
         d,
         &[
@@ -518,6 +570,7 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
             "api",
             "--scope",
             "write_organization",
+            "--all-deployments",
             "--config",
             &config,
             "-o",
@@ -603,8 +656,29 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
     let gone = remote(d, s.admin, &key, &["token", "get", &uid]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(stderr(&gone).contains("no token"), "{}", stderr(&gone));
+    // Ann is the only active admin: the control plane keeps her (409, exit 1).
+    for args in [
+        &["member", "remove", "ann"][..],
+        &["member", "deactivate", "ann"],
+    ] {
+        let kept = remote(d, s.admin, &key, args);
+        assert_eq!(kept.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&kept).contains("409") && stderr(&kept).contains("last active admin"),
+            "{}",
+            stderr(&kept)
+        );
+    }
+    for args in [
+        &["member", "add", "cy", "--admin"][..],
+        &["member", "add", "dan"][..],
+        &["member", "deactivate", "dan"][..],
+    ] {
+        let o = remote(d, s.admin, &key, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
     let removed = remote(d, s.admin, &key, &["member", "remove", "ann"]);
-    assert!(removed.status.success());
+    assert!(removed.status.success(), "{}", stderr(&removed));
 
     // Refusals: a missing key is a usage error (2); a dead one is a runtime failure (1).
     let no_key = bin()
@@ -659,7 +733,132 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
     assert_eq!(find("member.add", "done")["subject"], "ann");
     assert_eq!(find("member.promote", "done")["subject"], "ann");
     assert_eq!(find("member.remove", "done")["subject"], "ann");
+    assert_eq!(find("member.deactivate", "done")["subject"], "dan");
+    assert_eq!(find("member.remove", "failed")["subject"], "ann");
     find("authorize", "refused");
+}
+
+/// What a request sends never comes back in an answer or reaches the log: every create field,
+/// malformed JSON, member names in bodies and paths, an unknown method, each carrying a marker.
+/// Audit lines name only validated subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_never_answers_or_logs_what_a_request_sent() {
+    const M: &str = "MARKER";
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = write_config(d, u.addr, "log: {format: json, access: false}\n");
+    // Reaches deployment `a` only, expires in a day, no monitoring: every wider grant fails.
+    let boot = run(
+        d,
+        &[
+            "token",
+            "create",
+            "boot",
+            "--scope",
+            "api",
+            "--scope",
+            "write_organization",
+            "--deployment",
+            "a",
+            "--expires",
+            "1d",
+            "--config",
+            &config,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(boot.status.success(), "{}", stderr(&boot));
+    let key: serde_json::Value = serde_json::from_str(&stdout(&boot)).unwrap();
+    let key = key["token"].as_str().unwrap().to_owned();
+    let s = serve(&config);
+
+    let soon = bentogate::clock::format(bentogate::clock::now() + 3_600);
+    let calls: Vec<(&str, &str, String)> = vec![
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","scopes":["MARKER"]}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","deployments":["a"],"expired_at":"MARKER"}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","deployments":"MARKER"}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","deployments":[{"MARKER":1}]}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","description":"MARKER","deployments":["MARKER"],"expired_at":"2001-01-01 00:00:00.000000"}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","deployments":["MARKER"]}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","all_deployments":true}"#.into()),
+        ("POST", "/api/v1/api_tokens", format!(r#"{{"name":"MARKER","monitoring":true,"expired_at":"{soon}"}}"#)),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","deployments":["a"]}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":"MARKER","deployments":["a"],"expired_at":"2999-01-01T00:00:00Z"}"#.into()),
+        ("POST", "/api/v1/api_tokens", format!(r#"{{"name":"MARKER","scopes":["read_cluster"],"expired_at":"{soon}"}}"#)),
+        ("POST", "/api/v1/api_tokens", r#"{"MARKER":"MARKER"}"#.into()),
+        ("POST", "/api/v1/api_tokens", r#"{"name":MARKER}"#.into()),
+        ("POST", "/api/v1/members", r#"{"name":"MARKER x"}"#.into()),
+        ("POST", "/api/v1/members", r#"{"name":"MARKER","admin":"MARKER"}"#.into()),
+        ("POST", "/api/v1/members", r#"{"MARKER":1}"#.into()),
+        ("DELETE", "/api/v1/members/MARKER%20x", String::new()),
+        ("POST", "/api/v1/members/MARKER%2F..%2Fx/promote", String::new()),
+        ("POST", "/api/v1/members/MARKER%3Cx%3E/deactivate", String::new()),
+        ("MARKER", "/api/v1/api_tokens", String::new()),
+        ("MARKER", "/api/v1/MARKER", String::new()),
+    ];
+    for (method, path, body) in &calls {
+        let a = request(
+            &client(),
+            method,
+            s.admin,
+            path,
+            &[("x-yatai-api-token", &key)],
+            body,
+        )
+        .await;
+        assert!(
+            a.status.is_client_error(),
+            "{method} {path} {body}: {}",
+            a.status
+        );
+        assert!(!a.body.contains(M), "{method} {path} {body}: {}", a.body);
+    }
+    let listed = remote(d, s.admin, &key, &["token", "list", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout(&listed))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "only boot: every refused create wrote nothing"
+    );
+
+    let mut s = s;
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    let lines: Vec<String> = s.lines.try_iter().collect();
+    let all = lines.join("\n");
+    assert!(
+        !all.contains(M),
+        "a request's content reached the log:\n{all}"
+    );
+    let audit: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "bentogate::audit")
+        .collect();
+    let creates: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|a| a["action"] == "token.create")
+        .collect();
+    assert_eq!(creates.len(), 13, "every failed create is audited:\n{all}");
+    for c in &creates {
+        assert_eq!(c["subject"], "(new token)", "{c}");
+        assert!(c.get("name").is_none(), "{c}");
+    }
+    assert!(
+        creates.iter().filter(|c| c["outcome"] == "refused").count() == 6,
+        "the attenuation refusals are audited as refused:\n{all}"
+    );
+    for a in audit
+        .iter()
+        .filter(|a| a["action"].as_str().unwrap().starts_with("member."))
+    {
+        assert_eq!(a["subject"], "(not a member name)", "{a}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

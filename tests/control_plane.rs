@@ -62,10 +62,12 @@ fn names(list: &Value) -> Vec<String> {
 #[tokio::test]
 async fn tokens_are_created_listed_read_and_deleted_in_the_clients_shapes() {
     let (_u, g) = control_gate("").await;
+    // It creates a token for deployment `a`, so it must reach `a` itself.
     let (admin_uid, admin) = add_token(
         &g.tokens,
         Grant {
             scopes: vec![API, WRITE_ORG, Scope::ReadCluster],
+            all: true,
             ..Grant::default()
         },
     );
@@ -254,7 +256,13 @@ async fn who_may_do_what_follows_the_scopes_and_roles() {
         user: Some(user),
         ..Grant::default()
     };
-    let (_, ann) = add_token(&g.tokens, scoped("ann", vec![API, WRITE_ORG]));
+    let (_, ann) = add_token(
+        &g.tokens,
+        Grant {
+            all: true,
+            ..scoped("ann", vec![API, WRITE_ORG])
+        },
+    );
     let (_, ann_plain) = add_token(&g.tokens, scoped("ann", vec![API]));
     let (_, bob) = add_token(&g.tokens, scoped("bob", vec![API, WRITE_ORG]));
     let (_, endpoint_only) = add_token(&g.tokens, Grant::to(&["a"]));
@@ -585,6 +593,7 @@ async fn a_sidecar_asks_the_control_plane_and_fails_closed_without_it() {
         &cp.tokens,
         Grant {
             scopes: vec![API, WRITE_ORG, Scope::ReadCluster],
+            all: true,
             ..Grant::default()
         },
     );
@@ -772,4 +781,308 @@ async fn a_sidecar_caches_negatives_briefly_and_never_past_expiry() {
     until_status(sidecar.addr, "/", Some(&short), StatusCode::OK).await;
     let took = until_status(sidecar.addr, "/", Some(&short), StatusCode::UNAUTHORIZED).await;
     assert!(took <= Duration::from_millis(2500), "expiry took {took:?}");
+}
+
+/// Every token list the admin can see, for before/after comparisons.
+async fn all_tokens(g: &Gate, admin: &str) -> Value {
+    let (s, list) = api(
+        g,
+        "GET",
+        "/api/v1/api_tokens?start=0&count=1000",
+        admin,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    list
+}
+
+/// The security rule: a token may create only a token no more powerful than itself. For each
+/// kind of grant, a caller that lacks it is refused (403, nothing written, nothing from the
+/// request repeated) and a caller that holds it succeeds with the very same request.
+#[tokio::test]
+async fn a_token_may_not_create_a_token_more_powerful_than_itself() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    add_member(&g, "bob", false);
+    let (_, admin) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![API, WRITE_ORG],
+            all: true,
+            monitoring: true,
+            user: Some("ann"),
+            ..Grant::default()
+        },
+    );
+    let now = bentogate::clock::now();
+    let soon = now + 3_600;
+    let later = now + 7_200;
+    let at = |t: i64| bentogate::clock::format(t);
+    // Bob's personal tokens, each lacking (weak) or holding (strong) one grant.
+    let bob = |scopes: Vec<Scope>, deployments: Vec<&'static str>, edit: fn(&mut Grant)| {
+        let mut grant = Grant {
+            scopes,
+            deployments,
+            user: Some("bob"),
+            ..Grant::default()
+        };
+        edit(&mut grant);
+        add_token(&g.tokens, grant).1
+    };
+    let expiring_soon: fn(&mut Grant) = |g| g.expired_at = Some(bentogate::clock::now() + 3_600);
+    let expiring_late: fn(&mut Grant) = |g| g.expired_at = Some(bentogate::clock::now() + 86_400);
+    let cases: Vec<(&str, String, String, Value)> = vec![
+        (
+            "a scope the caller lacks",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API, Scope::ReadCluster], vec![], |_| {}),
+            json!({"name": "secret-name-1", "scopes": ["api", "read_cluster"]}),
+        ),
+        (
+            "All Deployments from a single-deployment token",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API], vec![], |g| g.all = true),
+            json!({"name": "secret-name-2", "all_deployments": true}),
+        ),
+        (
+            "a deployment the caller cannot reach",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API], vec!["a", "secret-deploy"], |_| {}),
+            json!({"name": "secret-name-3", "deployments": ["a", "secret-deploy"]}),
+        ),
+        (
+            "monitoring from a non-monitoring token",
+            bob(vec![API], vec!["a"], |_| {}),
+            bob(vec![API], vec![], |g| g.monitoring = true),
+            json!({"name": "secret-name-4", "monitoring": true}),
+        ),
+        (
+            "no expiry from an expiring token",
+            bob(vec![API], vec![], expiring_soon),
+            bob(vec![API], vec![], |_| {}),
+            json!({"name": "secret-name-5", "scopes": ["api"]}),
+        ),
+        (
+            "a later expiry than the caller's",
+            bob(vec![API], vec![], expiring_soon),
+            bob(vec![API], vec![], expiring_late),
+            json!({"name": "secret-name-6", "scopes": ["api"], "expired_at": at(later)}),
+        ),
+    ];
+    for (what, weak, strong, body) in &cases {
+        let before = all_tokens(&g, &admin).await;
+        let (s, e) = api(&g, "POST", "/api/v1/api_tokens", weak, body.clone()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{what}: {e}");
+        let message = e["error"].as_str().unwrap();
+        for echoed in ["secret-name", "secret-deploy", &at(later)] {
+            assert!(
+                !message.contains(echoed),
+                "{what}: the refusal repeats the request: {message}"
+            );
+        }
+        assert_eq!(
+            all_tokens(&g, &admin).await,
+            before,
+            "{what}: a refused create wrote something"
+        );
+        let (s, made) = api(&g, "POST", "/api/v1/api_tokens", strong, body.clone()).await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{what}, from a token that holds it: {made}"
+        );
+    }
+    // An expiring caller may create a token that expires no later than itself.
+    let expiring = &cases[4].1;
+    let (s, made) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        expiring,
+        json!({"name": "shorter", "scopes": ["api"], "expired_at": at(soon - 60)}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{made}");
+    // Each refusal says which grant is too wide.
+    let (_, e) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &cases[1].1,
+        cases[1].3.clone(),
+    )
+    .await;
+    assert!(
+        e["error"].as_str().unwrap().contains("All Deployments"),
+        "{e}"
+    );
+    let (_, e) = api(
+        &g,
+        "POST",
+        "/api/v1/api_tokens",
+        &cases[3].1,
+        cases[3].3.clone(),
+    )
+    .await;
+    assert!(e["error"].as_str().unwrap().contains("monitoring"), "{e}");
+}
+
+/// The organization always keeps an active admin: the last one cannot be removed or
+/// deactivated (409), through the API or the local CLI. Deactivating a member kills her
+/// personal tokens at once.
+#[tokio::test]
+async fn the_last_active_admin_cannot_be_removed_or_deactivated() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    add_member(&g, "bob", false);
+    let personal = |user: &'static str, scopes: Vec<Scope>| Grant {
+        scopes,
+        deployments: vec!["a"],
+        user: Some(user),
+        ..Grant::default()
+    };
+    let (_, ann) = add_token(&g.tokens, personal("ann", vec![API, WRITE_ORG]));
+    let (_, bob) = add_token(&g.tokens, personal("bob", vec![API]));
+
+    for (method, path) in [
+        ("DELETE", "/api/v1/members/ann"),
+        ("POST", "/api/v1/members/ann/deactivate"),
+    ] {
+        let (s, e) = api(&g, method, path, &ann, Value::Null).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{method} {path}: {e}");
+        assert!(
+            e["error"].as_str().unwrap().contains("last active admin"),
+            "{e}"
+        );
+    }
+    // The local CLI shares the rule.
+    for command in [
+        bentogate::cli::MemberCommand::Remove { name: "ann".into() },
+        bentogate::cli::MemberCommand::Deactivate { name: "ann".into() },
+    ] {
+        let mut out = Vec::new();
+        let e = bentogate::cli::member(command, &g.tokens, bentogate::cli::Output::Table, &mut out)
+            .unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(e.to_string().contains("last active admin"), "{e}");
+    }
+    let (s, _) = api(&g, "GET", "/api/v1/auth/current", &ann, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "ann is still an active admin");
+
+    // Deactivating bob: listed still, his personal tokens refused on both planes at once.
+    assert_eq!(status(g.addr, "/", Some(&bob)).await, StatusCode::OK);
+    let (s, r) = api(
+        &g,
+        "POST",
+        "/api/v1/members/bob/deactivate",
+        &ann,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["disabled_tokens"], 1);
+    assert_eq!(
+        status(g.addr, "/", Some(&bob)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = api(&g, "GET", "/api/v1/auth/current", &bob, Value::Null).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (_, members) = api(&g, "GET", "/api/v1/members", &ann, Value::Null).await;
+    let bob_listed = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bob")
+        .cloned()
+        .unwrap();
+    assert_eq!(bob_listed["active"], false, "{members}");
+
+    // With a second active admin, the first may go.
+    let (s, _) = api(
+        &g,
+        "POST",
+        "/api/v1/members",
+        &ann,
+        json!({"name": "cy", "admin": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, r) = api(&g, "DELETE", "/api/v1/members/ann", &ann, Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        status(g.addr, "/", Some(&ann)).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Nothing a request sends comes back in an answer: refused creates and member changes carrying
+/// a marker in every field answer without it.
+#[tokio::test]
+async fn answers_never_repeat_what_the_request_sent() {
+    let (_u, g) = control_gate("").await;
+    add_member(&g, "ann", true);
+    let (_, admin) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![API, WRITE_ORG],
+            deployments: vec!["a"],
+            user: Some("ann"),
+            ..Grant::default()
+        },
+    );
+    const M: &str = "MARKER";
+    let bodies = [
+        r#"{"name":"MARKER","scopes":["MARKER"]}"#.to_owned(),
+        r#"{"name":"MARKER","scopes":["api"],"expired_at":"MARKER"}"#.to_owned(),
+        r#"{"name":"MARKER","deployments":"MARKER"}"#.to_owned(),
+        r#"{"name":"MARKER","deployments":[{"MARKER":1}]}"#.to_owned(),
+        r#"{"name":"MARKER","description":"MARKER","deployments":["MARKER"]}"#.to_owned(),
+        r#"{"name":"MARKER","scopes":["api"],"all_deployments":true}"#.to_owned(),
+        r#"{"MARKER":"MARKER"}"#.to_owned(),
+        r#"{"name":MARKER}"#.to_owned(),
+        "MARKER".to_owned(),
+    ];
+    let before = all_tokens(&g, &admin).await;
+    for body in &bodies {
+        let a = request(
+            &client(),
+            "POST",
+            g.admin,
+            "/api/v1/api_tokens",
+            &[("x-yatai-api-token", &admin)],
+            body,
+        )
+        .await;
+        assert!(a.status.is_client_error(), "{body}: {}", a.status);
+        assert!(!a.body.contains(M), "{body} came back: {}", a.body);
+    }
+    assert_eq!(all_tokens(&g, &admin).await, before);
+    for (method, path, body) in [
+        ("POST", "/api/v1/members", r#"{"name":"MARKER x"}"#),
+        (
+            "POST",
+            "/api/v1/members",
+            r#"{"name":"MARKER","admin":"MARKER"}"#,
+        ),
+        ("POST", "/api/v1/members", r#"{"MARKER":1}"#),
+        ("DELETE", "/api/v1/members/MARKER%20x", ""),
+        ("DELETE", "/api/v1/members/MARKER", ""),
+        ("POST", "/api/v1/members/MARKER/promote", ""),
+        ("POST", "/api/v1/members/MARKER%2F../deactivate", ""),
+        ("MARKER", "/api/v1/api_tokens", ""),
+        ("GET", "/api/v1/api_tokens?start=MARKER", ""),
+    ] {
+        let a = request(
+            &client(),
+            method,
+            g.admin,
+            path,
+            &[("x-yatai-api-token", &admin)],
+            body,
+        )
+        .await;
+        assert!(a.status.is_client_error(), "{method} {path}: {}", a.status);
+        assert!(!a.body.contains(M), "{method} {path} {body}: {}", a.body);
+    }
 }

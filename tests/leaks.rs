@@ -64,6 +64,8 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
                 "write_organization",
                 "--scope",
                 "read_cluster",
+                // It creates a token for `a` below; a new token grants no more than its maker.
+                "--all-deployments",
             ],
         ),
         create(d, &config, &["caller", "--deployment", "a"]),

@@ -163,7 +163,8 @@ async fn cli(url: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// An organization admin token (api + write_organization) made with the CLI.
+/// An organization admin token (api + write_organization + All Deployments, since it creates
+/// tokens for deployment `a` and a new token grants no more than its maker) made with the CLI.
 async fn admin_token(url: &str) -> String {
     let out = cli(
         url,
@@ -176,6 +177,7 @@ async fn admin_token(url: &str) -> String {
             "api",
             "--scope",
             "write_organization",
+            "--all-deployments",
             "-o",
             "json",
         ],

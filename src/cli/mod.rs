@@ -50,7 +50,7 @@ pub enum Command {
     /// Copy a token file into the configured PostgreSQL database, or the database into a new
     /// token file (uids, digests, expiries, last uses and memberships kept).
     Migrate(MigrateArgs),
-    /// Add, remove, promote and list members of the organization.
+    /// Add, remove, promote, deactivate and list members of the organization.
     Member {
         /// The member command.
         #[command(subcommand)]
@@ -197,6 +197,11 @@ pub enum MemberCommand {
         /// The member.
         name: String,
     },
+    /// Deactivate a member: she stays listed, her personal tokens stop working at once.
+    Deactivate {
+        /// The member.
+        name: String,
+    },
     /// List members.
     List,
 }
@@ -219,6 +224,9 @@ pub enum CliError {
     /// The thing named does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The change was refused because of the store's state (the last active admin).
+    #[error("{0}")]
+    Conflict(String),
     /// Writing the output failed, or the OS had no randomness.
     #[error("{0}")]
     Io(String),
@@ -229,7 +237,11 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) | CliError::Config(_) => 2,
-            CliError::Store(_) | CliError::NotFound(_) | CliError::Io(_) | CliError::Remote(_) => 1,
+            CliError::Store(_)
+            | CliError::NotFound(_)
+            | CliError::Conflict(_)
+            | CliError::Io(_)
+            | CliError::Remote(_) => 1,
         }
     }
 }
@@ -586,6 +598,7 @@ pub fn member(
         MemberCommand::Add { name, email, admin } => MemberChange::Add { name, email, admin },
         MemberCommand::Remove { name } => MemberChange::Remove { name },
         MemberCommand::Promote { name } => MemberChange::Promote { name },
+        MemberCommand::Deactivate { name } => MemberChange::Deactivate { name },
         MemberCommand::List => {
             let f = read(file)?;
             output::members(out, format, &f.members)?;
@@ -596,18 +609,23 @@ pub fn member(
         MemberChange::Add { name, .. } => format!("added member {name}"),
         MemberChange::Remove { name } => format!("removed member {name}"),
         MemberChange::Promote { name } => format!("{name} is now an admin"),
+        MemberChange::Deactivate { name } => format!("deactivated member {name}"),
     };
     let removal = matches!(change, MemberChange::Remove { .. });
+    let deactivation = matches!(change, MemberChange::Deactivate { .. });
     let killed = file
         .update(|f| Ok(apply_member_change(f, change)))?
         .map_err(|e| match e {
             ControlError::NotFound(m) => {
                 CliError::NotFound(format!("{m}; `bentogate member list` shows them"))
             }
+            ControlError::Conflict(m) => CliError::Conflict(m),
             other => CliError::Usage(other.to_string()),
         })?;
     let said = if removal {
         format!("{said} and deleted {killed} personal tokens")
+    } else if deactivation {
+        format!("{said}; her {killed} personal tokens no longer work")
     } else {
         said
     };

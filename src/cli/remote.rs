@@ -120,6 +120,7 @@ impl Remote {
             StatusCode::OK => Ok(value),
             StatusCode::NOT_FOUND => Err(CliError::NotFound(said)),
             StatusCode::BAD_REQUEST => Err(CliError::Usage(said)),
+            StatusCode::CONFLICT => Err(CliError::Conflict(format!("{}: 409: {said}", self.base))),
             StatusCode::UNAUTHORIZED => Err(CliError::Remote(format!(
                 "{}: 401: {said}; check {API_KEY_ENV}",
                 self.base
@@ -246,6 +247,15 @@ impl Remote {
                     None,
                 )?;
                 format!("{name} is now an admin")
+            }
+            MemberCommand::Deactivate { name } => {
+                let r = self.call(
+                    Method::POST,
+                    &format!("/api/v1/members/{}/deactivate", segment(&name)),
+                    None,
+                )?;
+                let off = r["disabled_tokens"].as_u64().unwrap_or(0);
+                format!("deactivated member {name}; her {off} personal tokens no longer work")
             }
             MemberCommand::List => {
                 let r = self.call(Method::GET, "/api/v1/members", None)?;

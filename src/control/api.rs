@@ -104,14 +104,17 @@ impl Api {
                 .await
             }
             (Method::POST, ["api_tokens"]) => {
-                let req = parse_create(&body)?;
+                let req = match parse_create(&body) {
+                    Ok(req) => req,
+                    Err(e) => return Err(audit_failure(&caller, "token.create", NEW_TOKEN, e)),
+                };
                 blocking(Box::new(move |s| {
-                    let name = req.name.clone();
                     let (secret, record) = match s.create(&caller, req) {
                         Ok(created) => created,
-                        Err(e) => return Err(audit_failure(&caller, "token.create", &name, e)),
+                        Err(e) => return Err(audit_failure(&caller, "token.create", NEW_TOKEN, e)),
                     };
-                    tracing::info!(target: "bentogate::audit", action = "token.create", actor = caller.user(), actor_uid = %caller.token.uid, subject = %record.uid, name = %record.name, outcome = "done", "control-plane change");
+                    // The subject is the new uid; the name the request chose is not logged.
+                    tracing::info!(target: "bentogate::audit", action = "token.create", actor = caller.user(), actor_uid = %caller.token.uid, subject = %record.uid, outcome = "done", "control-plane change");
                     let mut body = View::new(&s.read()?).token(&record, clock::now());
                     body["token"] = Value::String(secret.expose().to_owned());
                     Ok((StatusCode::OK, body))
@@ -147,8 +150,17 @@ impl Api {
                 .await
             }
             (Method::POST, ["members"]) => {
-                let m: NewMember = serde_json::from_slice(&body)
-                    .map_err(|e| ControlError::Invalid(format!("member body: {e}")))?;
+                let m: NewMember = match serde_json::from_slice(&body) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let e = ControlError::Invalid(json_error(
+                            "the member body",
+                            &e,
+                            "send JSON with `name` and optionally `email` and `admin`",
+                        ));
+                        return Err(audit_failure(&caller, "member.add", NOT_A_MEMBER, e));
+                    }
+                };
                 let change = MemberChange::Add {
                     name: m.name,
                     email: m.email,
@@ -168,8 +180,15 @@ impl Api {
                 };
                 member_change(blocking, caller, change, "member.promote").await
             }
+            (Method::POST, ["members", name, "deactivate"]) => {
+                let change = MemberChange::Deactivate {
+                    name: (*name).to_owned(),
+                };
+                member_change(blocking, caller, change, "member.deactivate").await
+            }
             _ => Err(ControlError::NotFound(format!(
-                "no API route {method} {}; see the README's API reference",
+                "no API route {} {}; see the README's API reference",
+                method_label(method),
                 route_label(path)
             ))),
         }
@@ -184,7 +203,7 @@ impl Api {
         headers: &HeaderMap,
     ) -> Result<Caller, ControlError> {
         let refused = |e: ControlError| {
-            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path = route_label(path), outcome = "refused", reason = %e, "control-plane authorization failed");
+            tracing::warn!(target: "bentogate::audit", action = "authorize", method = method_label(method), path = route_label(path), outcome = "refused", reason = %e, "control-plane authorization failed");
             e
         };
         let Some(value) = presented_token(headers) else {
@@ -211,7 +230,7 @@ impl Api {
             .await
             .map_err(|_| ControlError::Unavailable("the store task failed".into()))?;
         caller.map_err(|e| {
-            tracing::warn!(target: "bentogate::audit", action = "authorize", %method, path = route_label(path), actor_uid = %uid, outcome = "refused", reason = %e, "control-plane authorization failed");
+            tracing::warn!(target: "bentogate::audit", action = "authorize", method = method_label(method), path = route_label(path), actor_uid = %uid, outcome = "refused", reason = %e, "control-plane authorization failed");
             e
         })
     }
@@ -236,17 +255,18 @@ where
     Fut: std::future::Future<Output = Result<Answer, ControlError>>,
 {
     blocking(Box::new(move |s| {
-        let name = match &change {
-            MemberChange::Add { name, .. }
-            | MemberChange::Remove { name }
-            | MemberChange::Promote { name } => name.clone(),
-        };
+        let name = change.name().to_owned();
+        let deactivation = matches!(change, MemberChange::Deactivate { .. });
         let outcome = s.change_member(&caller, change);
-        let deleted = audited(&caller, action, &name, outcome)?;
-        Ok((
-            StatusCode::OK,
-            json!({ "member": name, "deleted_tokens": deleted }),
-        ))
+        // `apply_member_change` refuses a name that breaks the rule, so one that reaches the
+        // answer below has passed it; the audit line shows it only if it does.
+        let count = audited(&caller, action, super::shown_member(&name), outcome)?;
+        let body = if deactivation {
+            json!({ "member": name, "deleted_tokens": 0, "disabled_tokens": count })
+        } else {
+            json!({ "member": name, "deleted_tokens": count })
+        };
+        Ok((StatusCode::OK, body))
     }))
     .await
 }
@@ -285,6 +305,23 @@ fn audit_failure(
     e
 }
 
+/// A method as audit lines and errors may show it: the standard ones by name, any other (a
+/// request may send any token there) as a fixed placeholder.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "(other method)",
+    }
+}
+
 /// A path as audit lines and errors may show it: the route's shape, never the caller's segments
 /// (a token pasted into the path must not reach the log).
 fn route_label(path: &str) -> String {
@@ -293,6 +330,9 @@ fn route_label(path: &str) -> String {
     match (parts.next(), parts.next(), parts.next()) {
         (Some("api_tokens"), Some(_), _) => "/api/v1/api_tokens/{uid}".into(),
         (Some("members"), Some(_), Some("promote")) => "/api/v1/members/{name}/promote".into(),
+        (Some("members"), Some(_), Some("deactivate")) => {
+            "/api/v1/members/{name}/deactivate".into()
+        }
         (Some("members"), Some(_), _) => "/api/v1/members/{name}".into(),
         (Some(first @ ("api_tokens" | "members" | "current_org")), None, _) => {
             format!("/api/v1/{first}")
@@ -373,9 +413,34 @@ struct NewMember {
     admin: bool,
 }
 
+/// The audit subject of a create that failed: the name the request chose is never logged.
+const NEW_TOKEN: &str = "(new token)";
+/// The audit subject of a member request whose body could not be read.
+const NOT_A_MEMBER: &str = "(not a member name)";
+
+/// Describes a body that is not the JSON expected without quoting it: serde's own messages
+/// repeat values and field names from the request, so only its category and position are kept.
+fn json_error(what: &str, e: &serde_json::Error, fix: &str) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "could not be read",
+        serde_json::error::Category::Syntax => "is not valid JSON",
+        serde_json::error::Category::Eof => "ends too early",
+        serde_json::error::Category::Data => "has a missing field or a value of the wrong type",
+    };
+    format!(
+        "{what} {kind} (line {}, column {}); {fix}",
+        e.line(),
+        e.column()
+    )
+}
+
 fn parse_create(body: &[u8]) -> Result<NewToken, ControlError> {
     let b: CreateBody = serde_json::from_slice(body).map_err(|e| {
-        ControlError::Invalid(format!("create body: {e}; send JSON with at least `name`"))
+        ControlError::Invalid(json_error(
+            "the create body",
+            &e,
+            "send JSON with at least `name` (a string); `scopes` and `deployments` are lists of strings",
+        ))
     })?;
     let scopes = Scopes::parse(b.scopes.iter().flatten().map(String::as_str))
         .map_err(ControlError::Invalid)?;
@@ -385,7 +450,11 @@ fn parse_create(body: &[u8]) -> Result<NewToken, ControlError> {
         .filter(|s| !s.is_empty())
         .map(clock::parse_absolute)
         .transpose()
-        .map_err(|e| ControlError::Invalid(format!("expired_at: {e}")))?;
+        .map_err(|_| {
+            ControlError::Invalid(
+                "`expired_at` is not a time: use RFC 3339 (2026-12-31T23:59:59Z) or `2026-12-31 23:59:59.000000`".into(),
+            )
+        })?;
     Ok(NewToken {
         name: b.name,
         description: b.description,
@@ -499,11 +568,43 @@ mod tests {
             rfc.expired_at,
             Some(clock::parse_absolute("2030-01-02T02:04:05Z").unwrap())
         );
+        // An unknown scope is refused without repeating it; the valid ones are listed.
         assert!(matches!(
             parse_create(br#"{"name":"n","scopes":["root"]}"#),
-            Err(ControlError::Invalid(m)) if m.contains("root")
+            Err(ControlError::Invalid(m)) if !m.contains("root") && m.contains("read_cluster")
         ));
         assert!(parse_create(b"not json").is_err());
+    }
+
+    #[test]
+    fn create_errors_never_repeat_the_request() {
+        let m = "MARKER";
+        for body in [
+            r#"{"name":"MARKER","scopes":["MARKER"]}"#,
+            r#"{"name":"MARKER","expired_at":"MARKER"}"#,
+            r#"{"name":"MARKER","deployments":"MARKER"}"#,
+            r#"{"name":"MARKER","deployments":[{"MARKER":"MARKER"}]}"#,
+            r#"{"name":"MARKER","all_deployments":"MARKER"}"#,
+            r#"{"name":"MARKER","is_organization_token":"MARKER"}"#,
+            r#"{"name":["MARKER"]}"#,
+            r#"{"MARKER":"MARKER"}"#,
+            r#"{"name":MARKER}"#,
+            r#"{"name":"MARKER","#,
+            "MARKER",
+        ] {
+            let e = parse_create(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+            assert!(!e.to_string().contains(m), "{body}: {e}");
+        }
+        let e = parse_create(br#"{"name":"n","deployments":"x"}"#).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "the create body has a missing field or a value of the wrong type (line 1, column"
+            ),
+            "{e}"
+        );
+        assert!(method_label(&Method::from_bytes(b"MARKER").unwrap()) == "(other method)");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
     }
 
     #[test]

@@ -73,6 +73,8 @@ def cli():
     code, out, err = bentoml_cli("cloud", "login", "--api-token", key, "--endpoint", endpoint)
     check(code == 0, f"login failed: {out} {err}")
     check("Logged in as" in out, f"login said {out!r}")
+    # The caller (see admin_token in tests/bentoml_client.rs) holds `api` and never expires, so
+    # it may grant `api` with an expiry: a new token grants no more than its maker holds.
     code, out, err = bentoml_cli("api-token", "create", "cli-made", "--scope", "api", "--expires", "30d", "-o", "json")
     check(code == 0, f"create failed: {out} {err}")
     made = last_json(out)
@@ -81,6 +83,15 @@ def cli():
     check(code == 0, f"list failed: {out} {err}")
     listed = [t["name"] for t in last_json(out)]
     check("cli-made" in listed, f"list gave {listed}")
+    # Asking for a scope the caller lacks (write_cluster) is refused with the 403, and nothing
+    # is created; the refusal does not repeat the requested name.
+    code, out, err = bentoml_cli("api-token", "create", "too-wide-marker", "--scope", "write_cluster", "-o", "json")
+    check(code != 0 or "403" in out + err, f"a wider token was created: {out} {err}")
+    check("scope the calling token does not hold" in out + err, f"refusal said {out} {err}")
+    code, out, err = bentoml_cli("api-token", "list", "-o", "json")
+    check(code == 0, f"list failed: {out} {err}")
+    after = [t["name"] for t in last_json(out)]
+    check(sorted(after) == sorted(listed), f"the refused create changed the list: {after}")
     code, out, err = bentoml_cli("api-token", "list")
     check(code == 0 and "cli-made" in out, f"table list failed: {out} {err}")
     code, out, err = bentoml_cli("api-token", "get", made["uid"])
