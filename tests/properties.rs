@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bentogate::config::Config;
 use bentogate::metrics::Metrics;
-use bentogate::proxy::path::normalize;
+use bentogate::path::normalize;
 use bentogate::route::RouteTable;
 use bentogate::token::{check, Secret, PREFIX};
 use proptest::prelude::*;

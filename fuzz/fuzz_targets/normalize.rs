@@ -1,6 +1,6 @@
 //! The request-path normalizer: any UTF-8 path, both `merge_slashes` settings.
 #![no_main]
-use bentogate::proxy::path::{is_normalized, normalize};
+use bentogate::path::{is_normalized, normalize};
 use libfuzzer_sys::fuzz_target;
 
 /// What every output satisfies: canonical (RFC 3986 6.2.2 and 5.2.4) and a fixed point.
