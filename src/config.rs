@@ -1507,6 +1507,49 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_value_names_its_exact_key() {
+        for (yaml, key, line) in [
+            (
+                "forwarding:\n  timeouts:\n    connect: 5 parsecs\n",
+                "forwarding.timeouts.connect",
+                7,
+            ),
+            ("tokens:\n  cache:\n    ttl: soon\n", "tokens.cache.ttl", 7),
+            (
+                "limits:\n  drain_timeout: 3 fortnights\n",
+                "limits.drain_timeout",
+                6,
+            ),
+        ] {
+            let e = Config::parse(&format!("{MINIMAL}{yaml}"), "t.yaml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("t.yaml:{line}: {key}: ")), "{e}");
+        }
+    }
+
+    #[test]
+    fn configured_paths_must_be_in_normalized_form() {
+        for (extra, fix) in [
+            ("    path_prefix: /%6detrics\n", "write `/metrics`"),
+            ("    public_paths: [/a/../healthz]\n", "write `/healthz`"),
+            ("    public_paths: [//healthz]\n", "write `/healthz`"),
+            (
+                "    public_paths: [\"/a%2fb\"]\n",
+                "could never be requested",
+            ),
+        ] {
+            let text = format!(
+                "deployments:\n  - name: a\n    upstream: http://127.0.0.1:3000\n    policy: protected\n{extra}"
+            );
+            let e = Config::parse(&text, "t.yaml", Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(fix), "{e}");
+        }
+    }
+
+    #[test]
     fn reserved_identity_header_is_refused() {
         let text =
             format!("{MINIMAL}forwarding:\n  identity_headers:\n    token_uid: authorization\n");

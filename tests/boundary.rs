@@ -671,3 +671,41 @@ async fn bentoml_metrics_are_served_only_to_monitoring_tokens() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_identity_credential_and_forwarding_headers_never_reach_the_upstream() {
+    let up = reporter().await;
+    let g = gate(&config(up.addr)).await;
+    let tokens = Tokens::add(&g).await;
+    let forged = "x_bentogate_token_uid: FORGED\r\nX-Bentogate-Token_Owner: FORGED\r\nx_bentogate_token_name: FORGED\r\nx_forwarded_for: 203.0.113.66\r\nx-forwarded-for: 203.0.113.66\r\nforwarded: for=203.0.113.66\r\nx-real-ip: 203.0.113.66\r\nx_real_ip: 203.0.113.66\r\nx-yatai-api-token: FORGED\r\nx_yatai_api_token: FORGED\r\n";
+    for (target, cred) in [("/x", Cred::App), ("/public/x", Cred::Anonymous)] {
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nhost: gw.test\r\n{forged}{}connection: close\r\n\r\n",
+            tokens.header(cred)
+        );
+        let (status, body) = raw_exchange(g.addr, request.as_bytes()).await;
+        let r = reached(status, &body).expect("forwarded");
+        for (name, value) in &r.headers {
+            assert!(
+                !value.contains("FORGED") && !value.contains("203.0.113.66"),
+                "{name}: {value} reached the upstream"
+            );
+            assert!(
+                !matches!(name.as_str(), "authorization" | "x-yatai-api-token"),
+                "a credential reached the upstream"
+            );
+        }
+        let seen = |n: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(seen("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            seen("x-bentogate-token-owner").is_some(),
+            cred == Cred::App,
+            "{target}"
+        );
+    }
+}

@@ -868,6 +868,16 @@ async fn sighup_reloads_routes_and_refuses_a_bad_config() {
     let config = write_config(dir.path(), u.addr, "log: {format: json, access: false}\n");
     let mut s = serve(&config);
     assert_eq!(status(s.proxy, "/b", None).await, StatusCode::UNAUTHORIZED);
+    // Both outcomes are exported from start, at 0, and count every SIGHUP.
+    let reloads = |text: &str, outcome: &str| -> Option<f64> {
+        let series = format!("bentogate_config_reloads_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map(|v| v.trim().parse().unwrap())
+    };
+    let m = metrics(s.admin).await;
+    assert_eq!(reloads(&m, "success"), Some(0.0), "{m}");
+    assert_eq!(reloads(&m, "failure"), Some(0.0), "{m}");
     let hup = |child: &Child| {
         assert!(Command::new("kill")
             .args(["-HUP", &child.id().to_string()])
@@ -899,6 +909,9 @@ async fn sighup_reloads_routes_and_refuses_a_bad_config() {
     };
     assert!(refused.contains("publik"), "{refused}");
     assert_eq!(status(s.proxy, "/b", None).await, StatusCode::OK);
+    let m = metrics(s.admin).await;
+    assert_eq!(reloads(&m, "success"), Some(1.0), "{m}");
+    assert_eq!(reloads(&m, "failure"), Some(1.0), "{m}");
     sigterm(&s.child);
     assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
 }

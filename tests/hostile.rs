@@ -306,3 +306,57 @@ async fn guessing_control_plane_keys_is_throttled_too() {
     // Health checks on the same listener are not affected.
     assert_eq!(status(g.admin, "/healthz", None).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "throttle: {{ failures_per_minute: 60, burst: 3 }}\ndeployments:\n{}",
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+    let api = || async {
+        request(
+            &client(),
+            "GET",
+            g.admin,
+            "/api/v1/api_tokens",
+            &[("x-yatai-api-token", &bad_token())],
+            "",
+        )
+        .await
+        .status
+    };
+    let introspect = || async {
+        request(
+            &client(),
+            "POST",
+            g.admin,
+            "/v1/introspect",
+            &[("authorization", &format!("Bearer {}", bad_token()))],
+            "token=x",
+        )
+        .await
+        .status
+    };
+    // One failure on each plane empties the bucket of 3 ...
+    assert_eq!(
+        status(g.addr, "/", Some(&bad_token())).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(api().await, StatusCode::UNAUTHORIZED);
+    assert_eq!(introspect().await, StatusCode::UNAUTHORIZED);
+    // ... so each plane now refuses this address, the data plane included.
+    assert_eq!(
+        status(g.addr, "/", Some(&bad_token())).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(api().await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(introspect().await, StatusCode::TOO_MANY_REQUESTS);
+    assert!(u.seen.lock().unwrap().is_empty());
+    // The failures were counted where operators look.
+    assert_eq!(
+        metric(&metrics(g.admin).await, "bentogate_throttle_failures_total"),
+        3.0
+    );
+}
