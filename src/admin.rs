@@ -107,7 +107,15 @@ impl Admin {
             .throttle
             .as_ref()
             .map(|t| t.client(peer, &parts.headers));
-        if let (Some(t), Some(ip)) = (&self.throttle, client) {
+        // As on the proxy listeners, a live cached token is never throttled: only callers
+        // without one are checked against their address's bucket.
+        let live = crate::control::api::presented_token(&parts.headers).is_some_and(|v| {
+            matches!(
+                self.validator.cached(v, crate::clock::now()),
+                Some(crate::validator::Verdict::Valid(_))
+            )
+        });
+        if let (Some(t), Some(ip), false) = (&self.throttle, client, live) {
             if let Some(wait) = t.blocked(ip) {
                 let mut res = json(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -339,6 +339,34 @@ async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
         .await
         .status
     };
+    let (_, live) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![bentogate::token::Scope::Api],
+            ..Grant::to(&["a"])
+        },
+    );
+    let listed = |key: &str| {
+        let key = key.to_owned();
+        async move {
+            request(
+                &client(),
+                "GET",
+                g.admin,
+                "/api/v1/api_tokens",
+                &[("x-yatai-api-token", &key)],
+                "",
+            )
+            .await
+            .status
+        }
+    };
+    eventually(Duration::from_secs(5), || async {
+        status(g.addr, "/", Some(&live)).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(listed(&live).await, StatusCode::OK);
+    let forwarded = u.seen.lock().unwrap().len();
     // One failure on each plane empties the bucket of 3 ...
     assert_eq!(
         status(g.addr, "/", Some(&bad_token())).await,
@@ -353,7 +381,11 @@ async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
     );
     assert_eq!(api().await, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(introspect().await, StatusCode::TOO_MANY_REQUESTS);
-    assert!(u.seen.lock().unwrap().is_empty());
+    assert_eq!(u.seen.lock().unwrap().len(), forwarded);
+    // A live token (cached by its use before the guessing) still passes on both listeners:
+    // success is never throttled.
+    assert_eq!(status(g.addr, "/", Some(&live)).await, StatusCode::OK);
+    assert_eq!(listed(&live).await, StatusCode::OK);
     // The failures were counted where operators look.
     assert_eq!(
         metric(&metrics(g.admin).await, "bentogate_throttle_failures_total"),

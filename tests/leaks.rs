@@ -209,6 +209,7 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
         r#"{"name":"made","deployments":["a"]}"#,
     )
     .await;
+    assert_eq!(created.status, http::StatusCode::OK, "{}", created.body);
     let made: serde_json::Value = serde_json::from_str(&created.body).unwrap();
     let made_value = made["token"].as_str().unwrap().to_owned();
     let made_uid = made["uid"].as_str().unwrap().to_owned();
