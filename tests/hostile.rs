@@ -361,10 +361,12 @@ async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
             .status
         }
     };
+    // Wait for the file to be loaded without using the token: a 401 would take from the bucket.
     eventually(Duration::from_secs(5), || async {
-        status(g.addr, "/", Some(&live)).await == StatusCode::OK
+        metric(&metrics(g.admin).await, "bentogate_tokens_loaded") >= 1.0
     })
     .await;
+    assert_eq!(status(g.addr, "/", Some(&live)).await, StatusCode::OK);
     assert_eq!(listed(&live).await, StatusCode::OK);
     let forwarded = u.seen.lock().unwrap().len();
     // One failure on each plane empties the bucket of 3 ...
