@@ -20,7 +20,7 @@ use crate::control::introspect::Introspection;
 use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::throttle::Throttle;
-use crate::validator::{Source, Validator};
+use crate::validator::Validator;
 
 /// Largest control-plane request body read; a token create is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -109,7 +109,7 @@ impl Admin {
             .map(|t| t.client(peer, &parts.headers));
         // As on the proxy listeners, a live cached token is never throttled: only callers
         // without one are checked against their address's bucket.
-        let live = crate::control::api::presented_token(&parts.headers).is_some_and(|v| {
+        let live = crate::auth::presented_token(&parts.headers).is_some_and(|v| {
             matches!(
                 self.validator.cached(v, crate::clock::now()),
                 Some(crate::validator::Verdict::Valid(_))
@@ -171,57 +171,26 @@ impl Admin {
                 r#"{"status":"draining"}"#.into(),
             );
         }
-        let (status, body) = match self.validator.source() {
-            Source::File(source) => (
-                StatusCode::OK,
-                serde_json::json!({
-                    "status": if source.last_error().is_some() { "degraded" } else { "ready" },
-                    "token_source": {
-                        "kind": "file",
-                        "path": source.path().display().to_string(),
-                        "tokens": self.metrics.tokens_loaded.get(),
-                        "last_error": source.last_error(),
-                    },
-                }),
-            ),
-            // Unknown tokens fail closed while the control plane is away: this replica cannot
-            // serve new callers, so it reports not ready.
-            Source::Introspect(remote) => remote_readiness(
-                remote.is_reachable(),
-                serde_json::json!({
-                    "kind": "introspect",
-                    "url": remote.url().to_string(),
-                    "last_error": remote.last_error(),
-                }),
-            ),
-            // Not listening means revocations could be missed and unknown tokens fail closed:
-            // the load balancer should send new callers to a replica that can see the database.
-            Source::Postgres(db) => remote_readiness(
-                db.is_reachable(),
-                serde_json::json!({
-                    "kind": "postgres",
-                    "database": db.describe(),
-                    "last_error": db.last_error(),
-                }),
-            ),
+        let source = self.validator.source();
+        let report = source.readiness();
+        let status = if report.ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
         };
+        let body = serde_json::json!({
+            "status": match (report.ready, report.degraded) {
+                (false, _) => "unavailable",
+                (true, true) => "degraded",
+                (true, false) => "ready",
+            },
+            "token_source": report.detail,
+        });
         json(status, body.to_string())
     }
 }
 
 /// Ready (200) while a remote token source answers, 503 while it does not.
-fn remote_readiness(reachable: bool, source: serde_json::Value) -> (StatusCode, serde_json::Value) {
-    let (status, word) = if reachable {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    };
-    (
-        status,
-        serde_json::json!({ "status": word, "token_source": source }),
-    )
-}
-
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;

@@ -57,6 +57,21 @@ pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
     Credentials::Bearer(token)
 }
 
+/// The header the bentoml client puts its token in (a credential, like `Authorization`).
+pub const TOKEN_HEADER: &str = "x-yatai-api-token";
+
+/// The token a control-plane request presents: `X-YATAI-API-TOKEN`, else a Bearer token.
+pub fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(TOKEN_HEADER) {
+        let v = v.as_bytes().trim_ascii();
+        return (!v.is_empty()).then_some(v);
+    }
+    match credentials(headers) {
+        Credentials::Bearer(v) => Some(v),
+        _ => None,
+    }
+}
+
 fn trim_spaces(mut b: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = b {
         b = rest;

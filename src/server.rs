@@ -32,14 +32,10 @@ use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::UpstreamTlsError;
 use crate::proxy::{Gateway, Peer};
-use crate::store::introspect::IntrospectSource;
-use crate::store::postgres::PgSource;
-use crate::store::{FileSource, StoreError};
+use crate::store::source::UsedTokens;
+use crate::store::TokenSource;
 use crate::tls::{SniResolver, TlsError};
-use crate::validator::{Source, Validator};
-
-/// How often a gateway on the `introspect` source checks that its control plane answers.
-pub const INTROSPECT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+use crate::validator::Validator;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +48,9 @@ pub enum StartError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The token file could not be loaded.
-    #[error("token file: {0}")]
-    Tokens(#[from] StoreError),
-    /// The token database could not be reached or migrated at start.
-    #[error("token database: {0}; check tokens.postgres.url and that the server is up")]
-    Database(#[from] crate::store::postgres::PgError),
+    /// The token source could not be opened.
+    #[error(transparent)]
+    Tokens(#[from] crate::store::source::OpenError),
     /// Metrics could not be registered (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -252,45 +245,22 @@ pub struct App {
     live: Arc<Live>,
     limits: Limits,
     metrics: Arc<Metrics>,
-    /// The token file, unless tokens come from a remote control plane.
-    source: Option<Arc<FileSource>>,
+    /// Where tokens live; its background work runs while the server serves.
+    source: Arc<dyn TokenSource>,
     validator: Arc<Validator>,
     admin: Arc<Admin>,
     draining: Arc<AtomicBool>,
     usage_flush: Duration,
-    /// The database's listening connection, opened by `build`, run by `serve`.
-    subscription: Option<crate::store::postgres::Session>,
 }
 
 impl App {
     /// Loads the token source and builds the data plane for `config`.
     pub async fn build(config: Config) -> Result<App, StartError> {
         let metrics = Arc::new(Metrics::new()?);
-        let mut subscription = None;
-        let (source, validator, store) = match (&config.tokens.introspect, &config.tokens.postgres)
-        {
-            (Some(remote), _) => {
-                let remote = Arc::new(IntrospectSource::new(remote.clone(), Arc::clone(&metrics)));
-                let validator =
-                    Validator::introspecting(&config.tokens, remote, Arc::clone(&metrics));
-                (None, Arc::new(validator), None)
-            }
-            (None, Some(pg)) => {
-                let db = Arc::new(PgSource::connect(pg.clone(), Arc::clone(&metrics)).await?);
-                // Listening before serving: nothing is cached that a revocation could miss.
-                subscription = Some(db.subscribe().await?);
-                let validator =
-                    Validator::postgres(&config.tokens, Arc::clone(&db), Arc::clone(&metrics));
-                (None, validator, Some(Arc::new(Store::postgres(db))))
-            }
-            (None, None) => {
-                let file = Arc::new(FileSource::open(&config.tokens.file, Arc::clone(&metrics))?);
-                let validator =
-                    Validator::new(&config.tokens, Arc::clone(&file), Arc::clone(&metrics));
-                let store = Arc::new(Store::new(Arc::clone(&file)));
-                (Some(file), Arc::new(validator), Some(store))
-            }
-        };
+        let source = crate::store::open(&config.tokens, &metrics).await?;
+        let validator =
+            Validator::shared(&config.tokens, Arc::clone(&source), Arc::clone(&metrics));
+        let store = Store::new(Arc::clone(&source)).map(Arc::new);
         let throttle = crate::throttle::Throttle::new(&config.throttle).map(Arc::new);
         let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics, throttle.clone())?;
         let draining = Arc::new(AtomicBool::new(false));
@@ -317,7 +287,6 @@ impl App {
             validator,
             admin,
             draining,
-            subscription,
         })
     }
 
@@ -337,7 +306,6 @@ impl App {
             admin,
             draining,
             usage_flush,
-            subscription,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let settings = Arc::new(ConnSettings {
@@ -348,29 +316,11 @@ impl App {
             stop: stop_rx.clone(),
         });
         let mut loops: Vec<JoinHandle<()>> = Vec::new();
-        if let Some(source) = &source {
-            loops.push(tokio::spawn(Arc::clone(source).watch(stop_rx.clone())));
-            loops.push(tokio::spawn(
-                Arc::clone(source).flush_usage_every(usage_flush, stop_rx.clone()),
-            ));
-        }
-        match validator.source() {
-            Source::Introspect(remote) => loops.push(tokio::spawn(
-                Arc::clone(remote).probe_every(INTROSPECT_PROBE_INTERVAL, stop_rx.clone()),
-            )),
-            Source::Postgres(db) => {
-                loops.push(tokio::spawn(
-                    Arc::clone(db).listen(subscription, stop_rx.clone()),
-                ));
-                let (db, validator) = (Arc::clone(db), Arc::clone(&validator));
-                loops.push(tokio::spawn(crate::periodic::every(
-                    usage_flush,
-                    stop_rx.clone(),
-                    move || flush_database_usage(Arc::clone(&db), Arc::clone(&validator)),
-                )));
-            }
-            Source::File(_) => {}
-        }
+        let used: UsedTokens = {
+            let validator = Arc::clone(&validator);
+            Arc::new(move || validator.used_tokens())
+        };
+        loops.extend(Arc::clone(&source).start(Arc::clone(&used), usage_flush, stop_rx.clone()));
         if let Ok(mut r) = live.resolvers.lock() {
             *r = listeners.proxy.iter().map(|l| l.tls.clone()).collect();
         }
@@ -430,22 +380,8 @@ impl App {
             Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
         // No request can record a use any more: write the last ones out.
-        if let Some(source) = source {
-            source.flush_usage_logged().await;
-        }
-        if let Source::Postgres(db) = validator.source() {
-            flush_database_usage(Arc::clone(db), Arc::clone(&validator)).await;
-        }
+        source.flush_usage(used).await;
         tracing::info!("bye");
-    }
-}
-
-/// Writes the last uses the data plane saw to the database in one statement.
-async fn flush_database_usage(db: Arc<PgSource>, validator: Arc<Validator>) {
-    match db.flush_usage(validator.used_tokens()).await {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(tokens = n, "last-use times written"),
-        Err(e) => tracing::warn!(error = %e, "could not write last-use times; will retry"),
     }
 }
 

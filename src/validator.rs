@@ -32,9 +32,7 @@ use tokio::sync::OnceCell;
 use crate::clock::UnixSeconds;
 use crate::config::TokensConfig;
 use crate::metrics::Metrics;
-use crate::store::introspect::IntrospectSource;
-use crate::store::postgres::{Eviction, PgSource};
-use crate::store::FileSource;
+use crate::store::source::{Eviction, TokenSource};
 use crate::token::{self, Digest, Token};
 
 /// What the validator concluded about a presented value.
@@ -50,16 +48,6 @@ pub enum Verdict {
     Expired,
     /// The remote source could not be asked and nothing usable is cached: refused (fail closed).
     Unavailable,
-}
-
-/// Where the validator looks on a miss.
-pub enum Source {
-    /// The token file, in memory: a miss is a map lookup.
-    File(Arc<FileSource>),
-    /// A remote control plane's `/v1/introspect`.
-    Introspect(Arc<IntrospectSource>),
-    /// The database shared by every replica; revocations arrive as notifications.
-    Postgres(Arc<PgSource>),
 }
 
 /// One remote lookup shared by every request that missed on the same digest meanwhile.
@@ -87,45 +75,51 @@ pub struct Validator {
     cache: Cache<Digest, Entry, foldhash::fast::RandomState>,
     negative_ttl: Duration,
     positive_ttl: Duration,
-    source: Source,
+    source: Arc<dyn TokenSource>,
+    /// The source answers misses from memory ([`TokenSource::lookup_now`]): the inline path.
+    in_memory: bool,
     inflight: Mutex<HashMap<Digest, Inflight>>,
     metrics: Arc<Metrics>,
 }
 
 impl Validator {
-    /// Builds the cache described by `config` in front of the token file `source`.
-    pub fn new(config: &TokensConfig, source: Arc<FileSource>, metrics: Arc<Metrics>) -> Validator {
-        Self::build(config, config.cache_ttl, Source::File(source), metrics)
-    }
-
-    /// Builds the cache described by `config` in front of a remote control plane. Entries live
-    /// TTL + stale-if-error; they count as fresh for the TTL only.
-    pub fn introspecting(
+    /// Builds the cache described by `config` in front of `source`. Entries live TTL +
+    /// the source's stale-if-error; they count as fresh for the TTL (the backstop behind
+    /// notifications) or until evicted. A source that announces revocations needs
+    /// [`Validator::shared`], which subscribes the cache to them.
+    pub fn new(
         config: &TokensConfig,
-        source: Arc<IntrospectSource>,
+        source: Arc<dyn TokenSource>,
         metrics: Arc<Metrics>,
     ) -> Validator {
         let life = config.cache_ttl + source.stale_if_error();
-        Self::build(config, life, Source::Introspect(source), metrics)
+        let in_memory = source.in_memory();
+        let cache = Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .time_to_live(life)
+            // Keys are SHA-256 outputs: a fast seeded hash suffices, and SipHash would cost more
+            // than the lookup itself.
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        Validator {
+            cache,
+            negative_ttl: config.negative_ttl,
+            positive_ttl: config.cache_ttl,
+            source,
+            in_memory,
+            inflight: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
-    /// Builds the cache described by `config` in front of the shared database, and subscribes
-    /// it to the database's revocations. Entries live TTL + stale-if-error; they count as fresh
-    /// for the TTL (the backstop behind notifications) or until evicted.
-    pub fn postgres(
+    /// [`Validator::new`], shared, and subscribed to the source's evictions.
+    pub fn shared(
         config: &TokensConfig,
-        source: Arc<PgSource>,
+        source: Arc<dyn TokenSource>,
         metrics: Arc<Metrics>,
     ) -> Arc<Validator> {
-        let life = config.cache_ttl + source.stale_if_error();
-        let validator = Arc::new(Self::build(
-            config,
-            life,
-            Source::Postgres(Arc::clone(&source)),
-            metrics,
-        ));
+        let validator = Arc::new(Self::new(config, Arc::clone(&source), metrics));
         let weak = Arc::downgrade(&validator);
-        source.set_evictor(Box::new(move |eviction| {
+        source.on_evict(Box::new(move |eviction| {
             if let Some(v) = weak.upgrade() {
                 v.evict(eviction);
             }
@@ -162,28 +156,6 @@ impl Validator {
             .collect()
     }
 
-    fn build(
-        config: &TokensConfig,
-        life: Duration,
-        source: Source,
-        metrics: Arc<Metrics>,
-    ) -> Validator {
-        let cache = Cache::builder()
-            .max_capacity(config.cache_capacity)
-            .time_to_live(life)
-            // Keys are SHA-256 outputs: a fast seeded hash suffices, and SipHash would cost more
-            // than the lookup itself.
-            .build_with_hasher(foldhash::fast::RandomState::default());
-        Validator {
-            cache,
-            negative_ttl: config.negative_ttl,
-            positive_ttl: config.cache_ttl,
-            source,
-            inflight: Mutex::new(HashMap::new()),
-            metrics,
-        }
-    }
-
     /// Judges a presented value at time `now`. Async because remote sources will await their
     /// lookups on a miss; with the file source it never waits.
     pub async fn validate(&self, value: &[u8], now: UnixSeconds) -> Verdict {
@@ -191,14 +163,12 @@ impl Validator {
             return Verdict::Malformed;
         }
         let digest = Digest::of(value);
-        let source = match &self.source {
-            Source::File(f) => f,
+        if !self.in_memory {
             // Boxed: inlined, the remote call's large future would be part of every request's
             // future, file source included (measured: 0.7-1.4 % fewer instructions per request).
-            Source::Introspect(_) | Source::Postgres(_) => {
-                return Box::pin(self.validate_remote(value, digest, now)).await
-            }
-        };
+            return Box::pin(self.validate_remote(value, digest, now)).await;
+        }
+        let source = &*self.source;
         let generation = source.generation();
         let entry = match self.cache.get(&digest) {
             Some(e) if e.is_fresh(generation) => {
@@ -215,7 +185,7 @@ impl Validator {
                     .or_insert_with_if(
                         || {
                             metrics.source_lookups.inc();
-                            let token = source.lookup(&digest);
+                            let token = source.lookup_now(&digest).flatten();
                             let stale_after =
                                 token.is_none().then(|| Instant::now() + negative_ttl);
                             Entry {
@@ -259,13 +229,7 @@ impl Validator {
         let outcome = cell
             .get_or_init(|| async {
                 self.metrics.source_lookups.inc();
-                let found = match &self.source {
-                    Source::File(f) => Ok(f.lookup(&digest)),
-                    Source::Introspect(remote) => {
-                        remote.lookup(value, digest).await.map_err(|_| ())
-                    }
-                    Source::Postgres(db) => db.lookup(&digest).await.map_err(|_| ()),
-                };
+                let found = self.source.lookup(value, digest).await;
                 let Ok(token) = found else {
                     // Counted in source failures by the source itself.
                     return Err(());
@@ -306,11 +270,7 @@ impl Validator {
 
     /// The remote source's cache generation and whether it is reachable.
     fn remote_state(&self) -> (u64, bool) {
-        match &self.source {
-            Source::File(f) => (f.generation(), true),
-            Source::Introspect(r) => (0, r.is_reachable()),
-            Source::Postgres(db) => (db.generation(), db.is_reachable()),
-        }
+        (self.source.generation(), self.source.is_reachable())
     }
 
     /// While the remote source is unreachable: a positive seen within TTL + stale-if-error
@@ -340,11 +300,7 @@ impl Validator {
         if token::check(value).is_err() {
             return Some(Verdict::Malformed);
         }
-        let generation = match &self.source {
-            Source::File(f) => f.generation(),
-            Source::Introspect(_) => 0,
-            Source::Postgres(db) => db.generation(),
-        };
+        let generation = self.source.generation();
         let entry = self.cache.get(&Digest::of(value))?;
         if !entry.is_fresh(generation) {
             return None;
@@ -360,7 +316,7 @@ impl Validator {
     }
 
     /// The source behind the cache.
-    pub fn source(&self) -> &Source {
+    pub fn source(&self) -> &Arc<dyn TokenSource> {
         &self.source
     }
 }

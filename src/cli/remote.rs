@@ -77,7 +77,7 @@ impl Remote {
         let mut req = Request::builder()
             .method(method)
             .uri(&url)
-            .header(crate::control::api::TOKEN_HEADER, key);
+            .header(crate::auth::TOKEN_HEADER, key);
         if body.is_some() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }

@@ -24,8 +24,6 @@ use crate::store::{Member, TokenFile};
 use crate::token::{OwnerKind, Scopes, Token};
 use crate::validator::{Validator, Verdict};
 
-/// The header the bentoml client puts its token in.
-pub const TOKEN_HEADER: &str = "x-yatai-api-token";
 /// Largest list page served at once.
 const MAX_PAGE: usize = 1000;
 
@@ -206,7 +204,7 @@ impl Api {
             tracing::warn!(target: "bentogate::audit", action = "authorize", method = method_label(method), path = route_label(path), outcome = "refused", reason = %e, "control-plane authorization failed");
             e
         };
-        let Some(value) = presented_token(headers) else {
+        let Some(value) = crate::auth::presented_token(headers) else {
             return Err(refused(ControlError::Unauthenticated(
                 "no token: send it in X-YATAI-API-TOKEN or Authorization: Bearer",
             )));
@@ -339,18 +337,6 @@ fn route_label(path: &str) -> String {
         }
         (Some("auth"), Some("current"), None) => "/api/v1/auth/current".into(),
         _ => "/api/v1/(unknown)".into(),
-    }
-}
-
-/// The token a control-plane request presents: `X-YATAI-API-TOKEN`, else a Bearer token.
-pub fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(v) = headers.get(TOKEN_HEADER) {
-        let v = v.as_bytes().trim_ascii();
-        return (!v.is_empty()).then_some(v);
-    }
-    match crate::auth::credentials(headers) {
-        crate::auth::Credentials::Bearer(v) => Some(v),
-        _ => None,
     }
 }
 

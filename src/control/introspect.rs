@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
-use super::api::presented_token;
+use crate::auth::presented_token;
 use crate::clock;
 use crate::token::{OwnerKind, Scope, Token};
 use crate::validator::{Validator, Verdict};

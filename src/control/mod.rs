@@ -16,8 +16,7 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use crate::clock::{self, UnixSeconds};
-use crate::store::postgres::PgSource;
-use crate::store::{FileSource, Member, Role, StoreError, TokenFile, Writable};
+use crate::store::{Member, Role, StoreError, TokenFile, TokenSource, Writable};
 use crate::token::{self, OwnerKind, Scope, Scopes, Secret, Token};
 
 /// Why a control-plane request was refused.
@@ -131,26 +130,19 @@ pub struct NewToken {
 /// The writable token store behind the control plane.
 pub struct Store {
     writable: Writable,
-    /// The file source the data plane reads, reloaded after every write; none for the
-    /// database (its writes evict through notifications).
-    file: Option<Arc<FileSource>>,
+    /// The source the data plane reads: told to pick up changes at once after a write, and
+    /// before a request is judged.
+    source: Arc<dyn TokenSource>,
 }
 
 impl Store {
-    /// The control plane over the token file `source` reads.
-    pub fn new(source: Arc<FileSource>) -> Store {
-        Store {
-            writable: Writable::File(source.path().to_owned()),
-            file: Some(source),
-        }
-    }
-
-    /// The control plane over the shared database.
-    pub fn postgres(db: Arc<PgSource>) -> Store {
-        Store {
-            writable: Writable::Postgres(db),
-            file: None,
-        }
+    /// The control plane over `source`'s records; none when this gateway holds none (the
+    /// `introspect` source).
+    pub fn new(source: Arc<dyn TokenSource>) -> Option<Store> {
+        Some(Store {
+            writable: source.writable()?,
+            source,
+        })
     }
 
     /// Everything as it is now, with last-use times merged in.
@@ -169,11 +161,10 @@ impl Store {
     }
 
     /// Picks up edits made to the file by others (the local CLI, an operator) before a
-    /// control-plane request is judged, instead of waiting for the next poll.
+    /// control-plane request is judged, instead of waiting for the next poll. (The database's
+    /// writes evict through notifications instead.)
     pub fn refresh(&self) {
-        if let Some(f) = &self.file {
-            f.reload_if_changed();
-        }
+        self.source.refresh();
     }
 
     /// The caller for a live token: it must hold the `api` scope.

@@ -22,7 +22,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// The bentoml client's credential header; a credential like `Authorization`.
-pub static X_YATAI_API_TOKEN: HeaderName = HeaderName::from_static("x-yatai-api-token");
+pub static X_YATAI_API_TOKEN: HeaderName = HeaderName::from_static(crate::auth::TOKEN_HEADER);
 const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 

@@ -103,6 +103,11 @@ impl FileSource {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Tokens in the current set (as `bentogate_tokens_loaded` reports).
+    pub fn token_count(&self) -> i64 {
+        self.metrics.tokens_loaded.get()
+    }
+
     /// The file this source reads.
     pub fn path(&self) -> &Path {
         &self.path

@@ -160,7 +160,7 @@ impl IntrospectSource {
             .method(Method::POST)
             .uri(self.config.url.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(crate::control::api::TOKEN_HEADER, credential)
+            .header(crate::auth::TOKEN_HEADER, credential)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| IntrospectError::Unreachable(e.to_string()))?;
         let exchange = async {

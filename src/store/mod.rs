@@ -9,10 +9,12 @@ pub mod file;
 pub mod format;
 pub mod introspect;
 pub mod postgres;
+pub mod source;
 pub mod usage;
 
 pub use file::FileSource;
 pub use format::{Member, Role, TokenFile};
+pub use source::{open, TokenSource};
 
 /// Why a token file could not be read or written.
 #[derive(Debug, thiserror::Error)]
