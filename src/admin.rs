@@ -161,7 +161,13 @@ impl Admin {
             t.failed(ip);
             self.metrics.throttle_failures.inc();
         }
-        json(status, value.to_string())
+        let mut res = json(status, value.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // The store or token source is away, not the caller wrong: say when to come back.
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+        }
+        res
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {

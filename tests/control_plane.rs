@@ -713,7 +713,9 @@ async fn a_sidecar_asks_the_control_plane_and_fails_closed_without_it() {
         &[("authorization", &format!("Bearer {unknown}"))],
     )
     .await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    // The caller is blameless: 503 with Retry-After, not a 401 saying its token is bad.
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.headers["retry-after"], "2");
     assert!(a.body.contains("unreachable"), "{}", a.body);
     until_status(
         sidecar.admin,

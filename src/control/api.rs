@@ -216,7 +216,12 @@ impl Api {
                     "Bad credentials: the token has expired",
                 )))
             }
-            _ => {
+            // Not the caller's fault: 503, and no failure counted against its address.
+            Verdict::Unavailable => return Err(ControlError::Unavailable(
+                "the token could not be checked: the token source is unreachable; retry shortly"
+                    .into(),
+            )),
+            Verdict::Malformed | Verdict::Unknown => {
                 return Err(refused(ControlError::Unauthenticated(
                     "Bad credentials: not a live token",
                 )))

@@ -51,7 +51,10 @@ impl Introspection {
                     "the caller token lacks the read_cluster scope",
                 )
             }
-            _ => return refuse(StatusCode::UNAUTHORIZED, "the caller token is not live"),
+            Verdict::Unavailable => return unavailable(),
+            Verdict::Malformed | Verdict::Unknown | Verdict::Expired => {
+                return refuse(StatusCode::UNAUTHORIZED, "the caller token is not live")
+            }
         }
         let Some(value) = form_urlencoded::parse(&body)
             .find(|(k, _)| k == "token")
@@ -67,9 +70,22 @@ impl Introspection {
                 t.mark_used(now);
                 (StatusCode::OK, active(&t))
             }
-            _ => (StatusCode::OK, json!({ "active": false })),
+            // "Inactive" would be cached by the asking gateway as an unknown token: say instead
+            // that this control plane cannot tell right now.
+            Verdict::Unavailable => unavailable(),
+            Verdict::Malformed | Verdict::Unknown | Verdict::Expired => {
+                (StatusCode::OK, json!({ "active": false }))
+            }
         }
     }
+}
+
+/// 503: this control plane's own token source is unreachable.
+fn unavailable() -> (StatusCode, Value) {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "error": "temporarily_unavailable", "error_description": "the token source is unreachable; retry shortly" }),
+    )
 }
 
 /// The RFC 7662 answer for a live token.

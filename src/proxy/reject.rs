@@ -68,6 +68,8 @@ const REALM_SCOPE: HeaderValue =
 const REALM_REQUEST: HeaderValue =
     HeaderValue::from_static(r#"Bearer realm="bentogate", error="invalid_request""#);
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// Retry-After for an unreachable token source: about one reachability check (2 s).
+const SOURCE_RETRY_SECONDS: u32 = 2;
 const ALLOWED_METHODS: HeaderValue =
     HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE");
 
@@ -143,9 +145,10 @@ impl Reject {
                 Some(REALM_INVALID),
                 r#"{"error":"invalid token: it is malformed, unknown, expired or revoked; ask your administrator for a valid one"}"#,
             ),
+            // The client is blameless: 503 with Retry-After, not a 401 that says its token is bad.
             Reject::SourceUnavailable => (
-                StatusCode::UNAUTHORIZED,
-                Some(REALM),
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
                 r#"{"error":"the token could not be checked: the token service is unreachable; retry shortly"}"#,
             ),
             Reject::Throttled(_) => (
@@ -203,6 +206,12 @@ impl Reject {
         if self == Reject::MethodNotAllowed {
             res.headers_mut()
                 .insert(http::header::ALLOW, ALLOWED_METHODS);
+        }
+        if self == Reject::SourceUnavailable {
+            res.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(SOURCE_RETRY_SECONDS),
+            );
         }
         if let Reject::Throttled(seconds) = self {
             res.headers_mut()

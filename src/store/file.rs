@@ -230,7 +230,8 @@ impl FileSource {
         every: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        crate::periodic::every(every, shutdown, || Arc::clone(&self).flush_usage_logged()).await
+        crate::periodic::after_every(every, shutdown, || Arc::clone(&self).flush_usage_logged())
+            .await
     }
 
     /// [`FileSource::flush_usage`] off the request threads, with its outcome logged.

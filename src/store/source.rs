@@ -328,7 +328,7 @@ impl TokenSource for Database {
         let db = Arc::clone(&self.db);
         vec![
             tokio::spawn(Arc::clone(&self.db).listen(first, stop.clone())),
-            tokio::spawn(crate::periodic::every(flush_every, stop, move || {
+            tokio::spawn(crate::periodic::after_every(flush_every, stop, move || {
                 flush_database_usage(Arc::clone(&db), Arc::clone(&used))
             })),
         ]
