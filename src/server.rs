@@ -69,8 +69,13 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// A listener's new certificates could not be loaded.
-    #[error("TLS: {0}")]
-    Tls(#[from] TlsError),
+    #[error("listener {address}: TLS: {source}")]
+    Listener {
+        /// The listener whose certificates failed.
+        address: SocketAddr,
+        /// Why.
+        source: TlsError,
+    },
     /// The trust for https upstreams could not be set up.
     #[error(transparent)]
     UpstreamTls(#[from] UpstreamTlsError),
@@ -187,56 +192,108 @@ impl Reloader {
 
     fn apply(&self, new: Config) -> Result<(), ReloadError> {
         let live = &self.0;
+        let resolvers = live.resolvers.lock().map_err(|_| ReloadError::Poisoned)?;
+        let mut old = live.config.lock().map_err(|_| ReloadError::Poisoned)?;
+        // What needs a restart is kept as it runs, named, and not recorded as applied: the
+        // configuration built and stored is the one in force, so the next reload compares
+        // against it.
+        let mut applied = new;
+        keep_running_parts(&old, &mut applied);
         let gateway = Gateway::new(
-            &new,
+            &applied,
             Arc::clone(&live.validator),
             &live.metrics,
             live.throttle.clone(),
         )?;
-        let resolvers = live.resolvers.lock().map_err(|_| ReloadError::Poisoned)?;
-        let mut old = live.config.lock().map_err(|_| ReloadError::Poisoned)?;
         // Load every new certificate set before replacing any.
         let mut staged = Vec::new();
         for (i, resolver) in resolvers.iter().enumerate() {
-            let (Some(resolver), Some(pairs)) =
-                (resolver, new.listeners.get(i).and_then(|l| l.tls.as_ref()))
-            else {
+            let (Some(resolver), Some(pairs)) = (
+                resolver,
+                applied.listeners.get(i).and_then(|l| l.tls.as_ref()),
+            ) else {
                 continue;
             };
-            SniResolver::load(pairs)?;
-            staged.push((Arc::clone(resolver), pairs.clone()));
+            SniResolver::load(pairs).map_err(|e| ReloadError::Listener {
+                address: applied.listeners[i].address,
+                source: e,
+            })?;
+            staged.push((i, Arc::clone(resolver), pairs.clone()));
         }
-        for (resolver, pairs) in staged {
-            resolver.replace(&pairs)?;
-        }
-        let addresses = |c: &Config| {
-            c.listeners
-                .iter()
-                .map(|l: &ListenerConfig| (l.address, l.tls.is_some()))
-                .collect::<Vec<_>>()
-        };
-        if addresses(&old) != addresses(&new) || old.admin != new.admin {
-            tracing::warn!("listener changes need a restart; kept the running listeners");
-        }
-        if old.limits != new.limits || old.worker_threads != new.worker_threads {
-            tracing::warn!("limits and runtime changes need a restart; kept the running ones");
-        }
-        if old.throttle != new.throttle {
-            tracing::warn!("throttle changes need a restart; kept the running throttle");
-        }
-        if old.tokens.file != new.tokens.file
-            || old.tokens.introspect.is_some() != new.tokens.introspect.is_some()
-        {
-            tracing::warn!("token source changes need a restart; kept the running source");
+        for (i, resolver, pairs) in staged {
+            resolver
+                .replace(&pairs)
+                .map_err(|e| ReloadError::Listener {
+                    address: applied.listeners[i].address,
+                    source: e,
+                })?;
         }
         live.gateway.store(Arc::new(gateway));
         tracing::info!(
-            deployments = new.deployments.len(),
+            deployments = applied.deployments.len(),
             "configuration reloaded"
         );
-        *old = new;
+        *old = applied;
         Ok(())
     }
+}
+
+/// Copies from `running` into `new` every part a reload cannot change (listener addresses,
+/// the admin listener, limits, the runtime, the throttle, the token source), logging each
+/// change it had to refuse, with the listener it concerns.
+fn keep_running_parts(running: &Config, new: &mut Config) {
+    let count = running.listeners.len().max(new.listeners.len());
+    for i in 0..count {
+        let (was, asked) = (running.listeners.get(i), new.listeners.get(i));
+        let same = match (was, asked) {
+            (Some(a), Some(b)) => a.address == b.address && a.tls.is_some() == b.tls.is_some(),
+            _ => false,
+        };
+        if !same {
+            tracing::warn!(
+                listener = i,
+                running = %was.map_or("none".to_owned(), describe_listener),
+                requested = %asked.map_or("none".to_owned(), describe_listener),
+                "a listener cannot be rebound by a reload; restart to apply it. Kept the running listener"
+            );
+        }
+    }
+    // Certificates of kept listeners were applied above; their addresses stay.
+    let tls: Vec<_> = new.listeners.iter().map(|l| l.tls.clone()).collect();
+    new.listeners = running.listeners.clone();
+    for (l, t) in new.listeners.iter_mut().zip(tls) {
+        if l.tls.is_some() && t.is_some() {
+            l.tls = t;
+        }
+    }
+    if running.admin != new.admin {
+        tracing::warn!(running = %running.admin, requested = %new.admin, "the admin listener cannot be rebound by a reload; restart to apply it. Kept the running one");
+        new.admin = running.admin;
+    }
+    if running.limits != new.limits || running.worker_threads != new.worker_threads {
+        tracing::warn!("limits and runtime changes need a restart; kept the running ones");
+        new.limits = running.limits.clone();
+        new.worker_threads = running.worker_threads;
+    }
+    if running.throttle != new.throttle {
+        tracing::warn!("throttle changes need a restart; kept the running throttle");
+        new.throttle = running.throttle.clone();
+    }
+    if running.tokens.file != new.tokens.file
+        || running.tokens.introspect.is_some() != new.tokens.introspect.is_some()
+        || running.tokens.postgres.is_some() != new.tokens.postgres.is_some()
+    {
+        tracing::warn!("token source changes need a restart; kept the running source");
+        new.tokens = running.tokens.clone();
+    }
+}
+
+fn describe_listener(l: &ListenerConfig) -> String {
+    format!(
+        "{} ({})",
+        l.address,
+        if l.tls.is_some() { "TLS" } else { "plain" }
+    )
 }
 
 /// Everything a running server shares: built before any listener accepts, so a bad token file

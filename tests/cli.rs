@@ -912,6 +912,34 @@ async fn sighup_reloads_routes_and_refuses_a_bad_config() {
     let m = metrics(s.admin).await;
     assert_eq!(reloads(&m, "success"), Some(1.0), "{m}");
     assert_eq!(reloads(&m, "failure"), Some(1.0), "{m}");
+    // A listener that cannot be rebound is named, kept, and not recorded as applied: a second
+    // SIGHUP with the same file says so again (it compares against what runs).
+    let moved = with_b.replace(
+        "listeners: [{address: \"127.0.0.1:0\"}]",
+        "listeners: [{address: \"127.0.0.1:1\"}]",
+    );
+    assert_ne!(moved, with_b, "the listener line is in the file");
+    std::fs::write(&config, &moved).unwrap();
+    for round in 0..2 {
+        hup(&s.child);
+        // Each SIGHUP ends with its "configuration reloaded" line; the warning comes before.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut warned = None;
+        loop {
+            let line = s
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("no reload line");
+            if line.contains("cannot be rebound") {
+                warned = Some(line);
+            } else if line.contains("configuration reloaded") {
+                break;
+            }
+        }
+        let warned = warned.unwrap_or_else(|| panic!("reload {round} did not name the listener"));
+        assert!(warned.contains("127.0.0.1:1"), "{warned}");
+    }
+    assert_eq!(status(s.proxy, "/b", None).await, StatusCode::OK);
     sigterm(&s.child);
     assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
 }
