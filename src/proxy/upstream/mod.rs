@@ -10,32 +10,44 @@
 //! or `forwarding.upstream_ca`. [`UpstreamBody`] streams the upstream's body frame by frame as
 //! it arrives and ends it with an error when the upstream stays silent longer than the idle
 //! timeout, so a dead peer never hangs a client.
+//!
+//! # Layout
+//!
+//! ```text
+//! mod.rs   UpstreamClient: building it, TLS trust, sending (HTTP/1.1 and HTTP/2), errors, classify
+//! pool.rs  HostPool: idle HTTP/1.1 connections, the shared HTTP/2 one, checkin, the reaper
+//! body.rs  UpstreamBody: the streamed response body with its idle timeout
+//! ```
+//!
+//! Hot path: `send` and the pool calls it makes run on every request; they must never gain
+//! boxing, allocation or hashing (the rare paths that are boxed say why).
+
+mod body;
+mod pool;
 
 use std::error::Error as StdError;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::future::poll_fn;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::uri::Scheme;
+use http::{Request, Response, Uri, Version};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pin_project_lite::pin_project;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::reject::Reject;
-use crate::config::{Config, Deployment, ForwardingConfig, UpstreamProtocol};
+use crate::config::{Config, ForwardingConfig, UpstreamProtocol};
+
+pub use body::{BodyError, UpstreamBody};
+pub use pool::Checkin;
+use pool::HostPool;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -168,7 +180,7 @@ where
         }
         let pools: Arc<[Arc<HostPool<B>>]> = pools.into();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(reap(Arc::downgrade(&pools), forwarding.idle_timeout));
+            runtime.spawn(pool::reap(Arc::downgrade(&pools), forwarding.idle_timeout));
         }
         UpstreamClient { connector, pools }
     }
@@ -348,173 +360,6 @@ enum Connected<B> {
     Http2,
 }
 
-/// The connections to one upstream.
-struct HostPool<B> {
-    scheme: Scheme,
-    authority: Authority,
-    protocol: UpstreamProtocol,
-    /// `scheme://authority/`, what the connector is asked for.
-    target: Uri,
-    /// The authority as a `Host` value, for HTTP/1.1 requests that arrived without one.
-    host: Option<HeaderValue>,
-    /// Ready HTTP/1.1 connections, most recently used last, with the time each went idle.
-    idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
-    max_idle: usize,
-    idle_timeout: Duration,
-    /// The shared HTTP/2 connection (`h2` upstreams, or TLS upstreams that chose h2 by ALPN).
-    h2: Mutex<Option<http2::SendRequest<B>>>,
-    h2_connecting: tokio::sync::Mutex<()>,
-    /// Set once an `http1` upstream's TLS handshake chose h2.
-    alpn_h2: std::sync::atomic::AtomicBool,
-}
-
-impl<B> HostPool<B> {
-    fn new(d: &Deployment, forwarding: &ForwardingConfig) -> Self {
-        let upstream = &d.upstream;
-        let target = Uri::builder()
-            .scheme(upstream.scheme.clone())
-            .authority(upstream.authority.clone())
-            .path_and_query("/")
-            .build()
-            .unwrap_or_default();
-        HostPool {
-            scheme: upstream.scheme.clone(),
-            authority: upstream.authority.clone(),
-            protocol: upstream.protocol,
-            target,
-            host: HeaderValue::from_str(upstream.authority.as_str()).ok(),
-            idle: Mutex::new(Vec::new()),
-            max_idle: forwarding.max_idle_per_upstream,
-            idle_timeout: forwarding.idle_timeout,
-            h2: Mutex::new(None),
-            h2_connecting: tokio::sync::Mutex::new(()),
-            alpn_h2: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// True when `d`'s upstream is this pool's.
-    fn serves(&self, d: &Deployment) -> bool {
-        self.scheme == d.upstream.scheme
-            && self.authority == d.upstream.authority
-            && self.protocol == d.upstream.protocol
-    }
-
-    fn negotiated_h2(&self) -> bool {
-        self.alpn_h2.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn absolute(&self, path: http::uri::PathAndQuery) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path);
-        Uri::from_parts(parts).unwrap_or_default()
-    }
-
-    /// The most recently used ready connection. Closed ones are dropped on the way; busy ones
-    /// (still finishing a response whose reader went away) stay for a later request.
-    fn take_idle(&self) -> Option<http1::SendRequest<B>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if idle[i].0.is_ready() {
-                return Some(idle.swap_remove(i).0);
-            }
-            if idle[i].0.is_closed() {
-                idle.swap_remove(i);
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection for a later request, unless the pool is full.
-    fn put(&self, sender: http1::SendRequest<B>) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle {
-            idle.push((sender, Instant::now()));
-        }
-    }
-
-    /// Drops connections idle since before `now - idle_timeout`, and closed ones.
-    fn reap(&self, now: Instant) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.retain(|(sender, since)| {
-            !sender.is_closed() && now.duration_since(*since) < self.idle_timeout
-        });
-        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        if h2.as_ref().is_some_and(http2::SendRequest::is_closed) {
-            *h2 = None;
-        }
-    }
-
-    fn h2_sender(&self) -> Option<http2::SendRequest<B>> {
-        let h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        h2.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    /// Forgets the shared connection if it is still `old` (it was found closed).
-    fn forget_h2(&self, old: &http2::SendRequest<B>) {
-        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        if h2
-            .as_ref()
-            .is_some_and(|s| s.is_closed() || old.is_closed())
-        {
-            *h2 = None;
-        }
-    }
-}
-
-/// Closes idle connections past the idle timeout, a few times per timeout, until the client
-/// that owns the pools is gone.
-async fn reap<B>(pools: Weak<[Arc<HostPool<B>>]>, idle_timeout: Duration) {
-    let period = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(pools) = pools.upgrade() else {
-            return;
-        };
-        let now = Instant::now();
-        for pool in pools.iter() {
-            pool.reap(now);
-        }
-    }
-}
-
-/// An HTTP/1.1 connection on its way back to its pool once its response is complete.
-pub struct Checkin<B> {
-    sender: Option<http1::SendRequest<B>>,
-    pool: Arc<HostPool<B>>,
-}
-
-impl<B> Checkin<B> {
-    /// Returns the connection now if it is ready for another request (none left to do).
-    fn now_if_ready(mut self) -> Option<Self> {
-        match self.sender.take() {
-            Some(s) if s.is_ready() => {
-                self.pool.put(s);
-                None
-            }
-            other => {
-                self.sender = other;
-                Some(self)
-            }
-        }
-    }
-}
-
-impl<B> Drop for Checkin<B> {
-    fn drop(&mut self) {
-        // Ready: the next request takes it. Still finishing its response (the reader went away
-        // early): kept too, and taken once hyper has read the rest. Closed: dropped.
-        if let Some(sender) = self.sender.take().filter(|s| !s.is_closed()) {
-            self.pool.put(sender);
-        }
-    }
-}
-
 /// Maps an upstream error to the answer: timeouts (connect included) are 504, the rest 502.
 pub fn classify(error: &UpstreamError) -> Reject {
     let mut source: Option<&(dyn StdError + 'static)> = match error {
@@ -530,84 +375,4 @@ pub fn classify(error: &UpstreamError) -> Reject {
         source = e.source();
     }
     Reject::UpstreamUnavailable
-}
-
-/// Why a streamed upstream body ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// The upstream connection failed mid-body.
-    #[error("upstream body failed: {0}")]
-    Upstream(#[from] hyper::Error),
-    /// The upstream sent nothing for longer than the idle timeout.
-    #[error("upstream body idle for longer than {0:?}")]
-    Idle(Duration),
-}
-
-pin_project! {
-    /// An upstream response body with an idle timeout between frames. Holds the upstream's
-    /// connection slot until dropped, and hands its HTTP/1.1 connection back to the pool when
-    /// the body is complete.
-    pub struct UpstreamBody<B = Incoming> {
-        #[pin]
-        inner: Incoming,
-        #[pin]
-        idle: Sleep,
-        limit: Duration,
-        slot: Option<OwnedSemaphorePermit>,
-        checkin: Option<Checkin<B>>,
-    }
-}
-
-impl<B> UpstreamBody<B> {
-    /// Wraps `inner`; the timer starts now.
-    pub fn new(inner: Incoming, limit: Duration) -> Self {
-        UpstreamBody {
-            inner,
-            idle: tokio::time::sleep(limit),
-            limit,
-            slot: None,
-            checkin: None,
-        }
-    }
-
-    /// Holds `slot` (of the upstream's connection bound) until the body is done.
-    pub fn holding(mut self, slot: Option<OwnedSemaphorePermit>) -> Self {
-        self.slot = slot;
-        self
-    }
-}
-
-impl<B> Body for UpstreamBody<B> {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(frame) => {
-                if frame.is_none() || this.inner.is_end_stream() {
-                    // Complete: the connection may serve the next request now.
-                    this.checkin.take();
-                } else {
-                    this.idle.as_mut().reset(Instant::now() + *this.limit);
-                }
-                Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
-            }
-            Poll::Pending => match this.idle.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(*this.limit)))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

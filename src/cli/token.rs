@@ -1,0 +1,296 @@
+//! The token commands against the local store: create, list, get, delete and import.
+//!
+//! `create` prints a token's value, this once; `import` digests the values it reads and forgets
+//! them. Must never print, log or keep a value otherwise.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+
+use super::{output, read, CliError, Output};
+use crate::clock;
+use crate::control::matches_search;
+use crate::store::{StoreError, Writable};
+use crate::token::{self, Digest, OwnerKind, Scope, Scopes, Secret, Token};
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its value, this once.
+    Create(CreateArgs),
+    /// List tokens (never their values).
+    List {
+        /// Only tokens whose name, uid or description contains this text.
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// Show one token.
+    Get {
+        /// The token's uid.
+        uid: String,
+    },
+    /// Delete a token; the data plane rejects it within a second.
+    Delete {
+        /// The token's uid.
+        uid: String,
+    },
+    /// Import tokens issued elsewhere (by value or SHA-256 digest) from a YAML or JSON list.
+    Import {
+        /// The file to read; see the README for its format.
+        file: PathBuf,
+    },
+}
+
+/// What `token create` takes.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name for people.
+    pub name: String,
+    /// A Developer Operations scope; repeat for several.
+    #[arg(long = "scope", value_enum)]
+    pub scopes: Vec<Scope>,
+    /// Expiry: a duration from now (30d, 1w, 24h) or a date or time (2026-12-31, RFC 3339).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// Free text.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A deployment the token may call; repeat for several.
+    #[arg(long = "deployment")]
+    pub deployments: Vec<String>,
+    /// The token may call every deployment.
+    #[arg(long, conflicts_with = "deployments")]
+    pub all_deployments: bool,
+    /// An organization token (the default): valid whoever created it.
+    #[arg(long, conflicts_with = "user")]
+    pub org: bool,
+    /// A personal token of this member: it dies when the member leaves.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The token may read routes with the `monitoring` policy.
+    #[arg(long)]
+    pub monitoring: bool,
+}
+
+/// Runs a token command against `file`, printing to `out`.
+pub fn token(
+    command: TokenCommand,
+    store: impl Into<Writable>,
+    format: Output,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let file = &store.into();
+    match command {
+        TokenCommand::Create(args) => {
+            let (secret, record) = create(args, file)?;
+            output::created(out, format, &record, &secret)?;
+        }
+        TokenCommand::List { search } => {
+            let f = read(file)?;
+            let now = clock::now();
+            let hits: Vec<&Token> = f
+                .tokens
+                .iter()
+                .filter(|t| search.as_deref().is_none_or(|s| matches_search(t, s)))
+                .collect();
+            output::tokens(out, format, &hits, now)?;
+        }
+        TokenCommand::Get { uid } => {
+            let f = read(file)?;
+            let t = f
+                .tokens
+                .iter()
+                .find(|t| t.uid == uid)
+                .ok_or_else(|| no_token(&uid))?;
+            output::token(out, format, t, clock::now())?;
+        }
+        TokenCommand::Delete { uid } => {
+            let removed = file
+                .update(|f| {
+                    Ok(f.tokens
+                        .iter()
+                        .position(|t| t.uid == uid)
+                        .map(|i| f.tokens.remove(i)))
+                })?
+                .ok_or_else(|| no_token(&uid))?;
+            output::message(
+                out,
+                format,
+                &format!("deleted token {} ({})", removed.uid, removed.name),
+            )?;
+        }
+        TokenCommand::Import { file: from } => {
+            let (imported, skipped) = import(&from, file)?;
+            output::message(
+                out,
+                format,
+                &format!("imported {imported} tokens; {skipped} were already present"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn no_token(uid: &str) -> CliError {
+    CliError::NotFound(format!(
+        "no token with uid `{uid}`; `bentogate token list` shows them"
+    ))
+}
+
+/// Reads `--expires` (a duration from `now` or an absolute time), refusing the past.
+pub(crate) fn expiry(
+    expires: Option<&str>,
+    now: clock::UnixSeconds,
+) -> Result<Option<clock::UnixSeconds>, CliError> {
+    let expired_at = expires
+        .map(|e| clock::parse_expiry(e, now))
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--expires: {e}")))?;
+    if expired_at.is_some_and(|at| at <= now) {
+        return Err(CliError::Usage(
+            "--expires is in the past; give a future time or a duration like 30d".into(),
+        ));
+    }
+    Ok(expired_at)
+}
+
+fn create(args: CreateArgs, file: &Writable) -> Result<(Secret, Token), CliError> {
+    let now = clock::now();
+    let expired_at = expiry(args.expires.as_deref(), now)?;
+    let scopes = Scopes::from_slice(&args.scopes);
+    if scopes.is_empty() && args.deployments.is_empty() && !args.all_deployments && !args.monitoring
+    {
+        return Err(CliError::Usage(
+            "a token needs at least one kind of access: --deployment NAME, --all-deployments, --scope or --monitoring".into(),
+        ));
+    }
+    let secret =
+        Secret::generate().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
+    let uid =
+        token::new_uid().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
+    let record = Token {
+        description: args.description,
+        expired_at,
+        scopes,
+        deployments: args.deployments,
+        all_deployments: args.all_deployments,
+        monitoring: args.monitoring,
+        ..Token::new(uid, args.name, secret.digest(), args.user, now)
+    };
+    let stored = record.clone();
+    let usage = file.update(move |f| {
+        if stored.kind == OwnerKind::Personal && !f.member(&stored.user).is_some_and(|m| m.active) {
+            return Ok(Some(format!(
+                "no active member `{}`; add one with `bentogate member add {}`",
+                stored.user, stored.user
+            )));
+        }
+        f.tokens.push(stored);
+        Ok(None)
+    })?;
+    match usage {
+        Some(message) => Err(CliError::Usage(message)),
+        None => Ok((secret, record)),
+    }
+}
+
+/// One entry of an import file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportEntry {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    digest: Option<Digest>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    deployments: Vec<String>,
+    #[serde(default)]
+    all_deployments: bool,
+    #[serde(default)]
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    monitoring: bool,
+    #[serde(default)]
+    expired_at: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+impl std::fmt::Debug for ImportEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportEntry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn import(from: &Path, file: &Writable) -> Result<(usize, usize), CliError> {
+    let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
+    let bad = |line: Option<usize>, message: String| StoreError::Corrupt {
+        path: from.display().to_string(),
+        line,
+        message,
+    };
+    let entries: Vec<ImportEntry> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| bad(Some(e.line()), e.to_string()))?
+    } else {
+        serde_yaml::from_str(&text)
+            .map_err(|e| bad(e.location().map(|l| l.line()), e.to_string()))?
+    };
+    let now = clock::now();
+    let mut records = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let digest = match (e.value, e.digest) {
+            (Some(v), None) => {
+                let v = Secret::new(v);
+                if token::check(v.expose().as_bytes()).is_err() {
+                    return Err(bad(None, format!("entry {i} ({}): the value is not a token: use 16 to 512 characters of letters, digits and -._~+/", e.name)).into());
+                }
+                v.digest()
+            }
+            (None, Some(d)) => d,
+            _ => {
+                return Err(bad(
+                    None,
+                    format!(
+                        "entry {i} ({}): give exactly one of `value` or `digest`",
+                        e.name
+                    ),
+                )
+                .into())
+            }
+        };
+        let expired_at = e
+            .expired_at
+            .as_deref()
+            .map(clock::parse_absolute)
+            .transpose()
+            .map_err(|err| bad(None, format!("entry {i} ({}): expired_at: {err}", e.name)))?;
+        let uid = token::new_uid()
+            .map_err(|err| CliError::Io(format!("no randomness from the OS: {err}")))?;
+        records.push(Token {
+            description: e.description,
+            expired_at,
+            scopes: Scopes::from_slice(&e.scopes),
+            deployments: e.deployments,
+            all_deployments: e.all_deployments,
+            monitoring: e.monitoring,
+            ..Token::new(uid, e.name, digest, e.user, now)
+        });
+    }
+    Ok(file.update(move |f| {
+        let mut known: std::collections::HashSet<Digest> =
+            f.tokens.iter().map(|t| t.digest).collect();
+        let total = records.len();
+        let before = f.tokens.len();
+        f.tokens
+            .extend(records.into_iter().filter(|r| known.insert(r.digest)));
+        let added = f.tokens.len() - before;
+        Ok((added, total - added))
+    })?)
+}
