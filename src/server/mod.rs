@@ -1,0 +1,261 @@
+//! Listeners, connections, limits, reloads and graceful shutdown.
+//!
+//! Owns sockets and connection lifetimes: binds the proxy listeners (plain, or TLS with SNI
+//! certificates) and the admin listener; serves each connection with hyper-util's auto builder
+//! (HTTP/1.1 with upgrades, HTTP/2 by ALPN or prior knowledge); caps open connections per
+//! listener, header reading, idle keep-alive and HTTP/2 streams; swaps the data plane on reload
+//! ([`Reloader`]); and on shutdown stops accepting, lets in-flight requests finish up to the
+//! drain timeout, and returns.
+//!
+//! Files: [`listeners`] (binding), [`connection`] (one connection's life), [`reload`]
+//! (SIGHUP), [`shutdown`] (counting open connections); this file builds the app and runs it.
+
+mod connection;
+mod listeners;
+mod reload;
+mod shutdown;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Request;
+use hyper::body::Incoming;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::Admin;
+use crate::config::{Config, Limits};
+use crate::control::Store;
+use crate::metrics::Metrics;
+use crate::proxy::upstream::UpstreamTlsError;
+use crate::proxy::{Gateway, Peer};
+use crate::store::source::UsedTokens;
+use crate::store::TokenSource;
+use crate::tls::TlsError;
+use crate::validator::Validator;
+use connection::{accept_loop, connection_builder, ConnSettings};
+pub use listeners::{Listeners, ProxyListener};
+use reload::Live;
+pub use reload::{ReloadError, Reloader};
+use shutdown::Tracker;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {address}: {source}; is another process using it?")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The token source could not be opened.
+    #[error(transparent)]
+    Tokens(#[from] crate::store::source::OpenError),
+    /// Metrics could not be registered (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A listener's certificates could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The trust for https upstreams could not be set up.
+    #[error(transparent)]
+    UpstreamTls(#[from] UpstreamTlsError),
+}
+
+/// Everything a running server shares: built before any listener accepts, so a bad token file
+/// fails start and tests see a fully loaded server as soon as start returns.
+pub struct App {
+    live: Arc<Live>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Where tokens live; its background work runs while the server serves.
+    source: Arc<dyn TokenSource>,
+    validator: Arc<Validator>,
+    admin: Arc<Admin>,
+    draining: Arc<AtomicBool>,
+    usage_flush: Duration,
+}
+
+impl App {
+    /// Loads the token source and builds the data plane for `config`.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let source = crate::store::open(&config.tokens, &metrics).await?;
+        let validator =
+            Validator::shared(&config.tokens, Arc::clone(&source), Arc::clone(&metrics));
+        let store = Store::new(Arc::clone(&source)).map(Arc::new);
+        let throttle = crate::throttle::Throttle::new(&config.throttle).map(Arc::new);
+        let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics, throttle.clone())?;
+        let draining = Arc::new(AtomicBool::new(false));
+        let admin = Arc::new(Admin::new(
+            Arc::clone(&metrics),
+            Arc::clone(&validator),
+            store,
+            Arc::clone(&draining),
+            throttle.clone(),
+        ));
+        Ok(App {
+            limits: config.limits.clone(),
+            usage_flush: config.tokens.usage_flush,
+            live: Arc::new(Live {
+                gateway: ArcSwap::from_pointee(gateway),
+                config: Mutex::new(config),
+                metrics: Arc::clone(&metrics),
+                validator: Arc::clone(&validator),
+                resolvers: Mutex::new(Vec::new()),
+                throttle,
+            }),
+            metrics,
+            source,
+            validator,
+            admin,
+            draining,
+        })
+    }
+
+    /// The handle that reloads this server's configuration.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(Arc::clone(&self.live))
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        let App {
+            live,
+            limits,
+            metrics,
+            source,
+            validator,
+            admin,
+            draining,
+            usage_flush,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let settings = Arc::new(ConnSettings {
+            builder: connection_builder(&limits),
+            keepalive: limits.keepalive_timeout,
+            handshake_timeout: limits.header_read_timeout,
+            tracker: Tracker::default(),
+            stop: stop_rx.clone(),
+        });
+        let mut loops: Vec<JoinHandle<()>> = Vec::new();
+        let used: UsedTokens = {
+            let validator = Arc::clone(&validator);
+            Arc::new(move || validator.used_tokens())
+        };
+        loops.extend(Arc::clone(&source).start(Arc::clone(&used), usage_flush, stop_rx.clone()));
+        if let Ok(mut r) = live.resolvers.lock() {
+            *r = listeners.proxy.iter().map(|l| l.tls.clone()).collect();
+        }
+        for l in listeners.proxy {
+            let acceptor = match &l.tls {
+                None => None,
+                Some(resolver) => {
+                    loops.push(tokio::spawn(Arc::clone(resolver).watch(stop_rx.clone())));
+                    match resolver.server_config() {
+                        Ok(c) => Some(TlsAcceptor::from(c)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "TLS listener not started");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let live = Arc::clone(&live);
+            let handler = move |req: Request<Incoming>, peer: Peer| {
+                let gateway = live.gateway.load_full();
+                // Boxed once here: the request's future is large (2.5 KB) and hyper's service
+                // layers would otherwise copy it several times per request.
+                Box::pin(async move { gateway.handle(req, peer).await })
+            };
+            loops.push(tokio::spawn(accept_loop(
+                l.listener,
+                acceptor,
+                handler,
+                Arc::clone(&settings),
+                Arc::new(Semaphore::new(limits.max_connections)),
+            )));
+        }
+        let admin_handler = move |req: Request<Incoming>, peer: Peer| {
+            let admin = Arc::clone(&admin);
+            async move { admin.handle(req, peer.addr.ip()).await }
+        };
+        loops.push(tokio::spawn(accept_loop(
+            listeners.admin,
+            None,
+            admin_handler,
+            Arc::clone(&settings),
+            Arc::new(Semaphore::new(limits.max_connections)),
+        )));
+
+        tracing::info!(tokens = metrics.tokens_loaded.get(), "bentogate ready");
+        shutdown.await;
+        draining.store(true, Ordering::Release);
+        tracing::info!(drain_timeout = ?limits.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        // Closing the listeners first refuses new connections at once; every connection then
+        // finishes its in-flight requests and closes (HTTP/2: GOAWAY).
+        let _ = stop_tx.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
+        match tokio::time::timeout(limits.drain_timeout, settings.tracker.idle()).await {
+            Ok(()) => tracing::info!("drained"),
+            Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
+        }
+        // No request can record a use any more: write the last ones out.
+        source.flush_usage(used).await;
+        tracing::info!("bye");
+    }
+}
+
+/// A server started in the background (tests, embedding): its addresses, a reload handle and
+/// a stop switch.
+pub struct Running {
+    /// Where the proxy listens.
+    pub proxy_addrs: Vec<SocketAddr>,
+    /// Where the admin listener is.
+    pub admin_addr: SocketAddr,
+    /// Applies a new configuration, as SIGHUP does.
+    pub reloader: Reloader,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Binds and starts `config` in the background; returns once it accepts connections.
+    pub async fn start(config: Config) -> Result<Running, StartError> {
+        let listeners = Listeners::bind(&config).await?;
+        let proxy_addrs = listeners.proxy_addrs();
+        let admin_addr = listeners
+            .admin_addr()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let app = App::build(config).await?;
+        let reloader = app.reloader();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(app.serve(listeners, async move {
+            let _ = rx.await;
+        }));
+        Ok(Running {
+            proxy_addrs,
+            admin_addr,
+            reloader,
+            stop: Some(tx),
+            task,
+        })
+    }
+
+    /// Starts graceful shutdown and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
