@@ -9,7 +9,7 @@ use bentogate::cli::{self, Cli, Command};
 use bentogate::config::{Config, LogFormat};
 use bentogate::server::{self, Listeners};
 
-use bentogate::store::{TokenFile, Writable};
+use bentogate::store::Writable;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -88,53 +88,13 @@ fn with_remote(
 }
 
 fn check(path: Option<&std::path::Path>) -> ExitCode {
-    let config = match cli::load_config(path) {
-        Ok(c) => c,
-        Err(e) => return fail(2, &e.to_string()),
-    };
-    let file = &config.tokens.file;
-    let tokens = match std::fs::read_to_string(file) {
-        _ if config.tokens.postgres.is_some() => format!(
-            "tokens in PostgreSQL at {:?} (not contacted by check)",
-            config
-                .tokens
-                .postgres
-                .as_ref()
-                .map(|p| p.settings.get_dbname().unwrap_or_default().to_owned())
-                .unwrap_or_default()
-        ),
-        _ if config.tokens.introspect.is_some() => format!(
-            "tokens from {}",
-            config
-                .tokens
-                .introspect
-                .as_ref()
-                .map(|i| i.url.to_string())
-                .unwrap_or_default()
-        ),
-        Ok(text) => match TokenFile::parse(&text, file) {
-            Ok(f) => format!("{} tokens in {}", f.tokens.len(), file.display()),
-            Err(e) => return fail(2, &e.to_string()),
-        },
-        Err(_) => format!(
-            "{} does not exist yet; serve creates it empty",
-            file.display()
-        ),
-    };
-    for l in &config.listeners {
-        if let Some(pairs) = &l.tls {
-            if let Err(e) = bentogate::tls::SniResolver::load(pairs) {
-                return fail(2, &format!("listener {}: {e}", l.address));
-            }
+    match cli::check(path) {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
         }
+        Err(e) => fail(2, &e.to_string()),
     }
-    println!(
-        "{}: OK ({} deployments, {} listeners; {tokens})",
-        config.origin,
-        config.deployments.len(),
-        config.listeners.len()
-    );
-    ExitCode::SUCCESS
 }
 
 fn init_tracing(config: &Config) {
@@ -197,16 +157,7 @@ async fn serve_until_signal(
     };
     let app = server::App::build(config).await?;
     let reloader = app.reloader();
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot listen for SIGHUP")?;
-    // SIGHUP: re-read the configuration; a bad one is refused and the old one keeps serving.
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            if let Err(e) = reloader.reload_loaded(cli::load_config(path.as_deref())) {
-                tracing::error!(error = %e, "reload refused; the running configuration stays");
-            }
-        }
-    });
+    tokio::spawn(server::reload_on_sighup(reloader, path)?);
     app.serve(listeners, shutdown).await;
     Ok(())
 }

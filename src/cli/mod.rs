@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `token` and `member`.
+//! The command line: `serve`, `check`, `token`, `member` and `migrate`.
 //!
 //! Owns argument parsing (clap) and the token and member commands, against the local token file
 //! or, with `--endpoint`, a remote control plane ([`remote`]).
@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! mod.rs      the clap types (Cli, Command, Common), CliError, load_config, the local store
+//! check.rs    check: a configuration validated as serve would, without serving
 //! token.rs    token create, list, get, delete and import
 //! member.rs   member add, remove, promote, deactivate and list
 //! migrate.rs  migrate: token file to database and back
@@ -16,6 +17,7 @@
 //! remote.rs   the same commands against a remote control plane
 //! ```
 
+mod check;
 mod member;
 mod migrate;
 mod output;
@@ -29,6 +31,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use crate::store::postgres::PgSource;
 use crate::store::{StoreError, TokenFile, Writable};
+pub use check::check;
 pub use member::{member, MemberCommand};
 pub use migrate::{migrate, MigrateArgs};
 pub use output::Output;

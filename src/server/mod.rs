@@ -41,7 +41,7 @@ use crate::validator::Validator;
 use connection::{accept_loop, connection_builder, ConnSettings};
 pub use listeners::{Listeners, ProxyListener};
 use reload::Live;
-pub use reload::{ReloadError, Reloader};
+pub use reload::{reload_on_sighup, ReloadError, Reloader};
 use shutdown::Tracker;
 
 /// Why the server could not start.

@@ -196,3 +196,24 @@ fn describe_listener(l: &ListenerConfig) -> String {
         if l.tls.is_some() { "TLS" } else { "plain" }
     )
 }
+
+/// Re-reads the configuration at `path` (the embedded default when none) on every SIGHUP and
+/// applies it; a bad one is refused, counted and logged, and the old one keeps serving.
+/// Returns the loop to spawn, or why SIGHUP cannot be listened for.
+pub fn reload_on_sighup(
+    reloader: Reloader,
+    path: Option<std::path::PathBuf>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            let loaded = match &path {
+                Some(p) => Config::load(p),
+                None => Config::embedded(),
+            };
+            if let Err(e) = reloader.reload_loaded(loaded) {
+                tracing::error!(error = %e, "reload refused; the running configuration stays");
+            }
+        }
+    })
+}
