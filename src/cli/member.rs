@@ -77,8 +77,7 @@ pub fn member(
             ControlError::NotFound(m) => {
                 CliError::NotFound(format!("{m}; `bentogate member list` shows them"))
             }
-            ControlError::Conflict(m) => CliError::Conflict(m),
-            other => CliError::Usage(other.to_string()),
+            other => CliError::from(other),
         })?;
     let said = if removal {
         format!("{said} and deleted {killed} personal tokens")

@@ -142,6 +142,21 @@ pub enum CliError {
     Io(String),
 }
 
+impl From<crate::control::ControlError> for CliError {
+    /// The control plane's refusals, as the local CLI reports them (the store's own errors keep
+    /// their exit code).
+    fn from(e: crate::control::ControlError) -> Self {
+        use crate::control::ControlError;
+        match e {
+            ControlError::Store(e) => CliError::Store(e),
+            ControlError::NotFound(m) => CliError::NotFound(m),
+            ControlError::Conflict(m) => CliError::Conflict(m),
+            ControlError::Unavailable(m) => CliError::Io(m),
+            other => CliError::Usage(other.to_string()),
+        }
+    }
+}
+
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {

@@ -7,8 +7,9 @@ use std::io::Write;
 use serde_json::{json, Value};
 
 use crate::clock::{self, UnixSeconds};
+use crate::control::view::TokenView;
 use crate::store::{Member, Role};
-use crate::token::{show_time, OwnerKind, Secret, Token};
+use crate::token::{show_time, Secret, Token};
 
 /// Output format (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,56 +20,6 @@ pub enum Output {
     Json,
     /// YAML for tools.
     Yaml,
-}
-
-/// The public view of a token.
-pub fn view(t: &Token, now: UnixSeconds) -> Value {
-    json!({
-        "uid": t.uid,
-        "name": t.name,
-        "description": t.description,
-        "kind": match t.kind { OwnerKind::Organization => "organization", OwnerKind::Personal => "personal" },
-        "user": t.user,
-        "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        "deployments": t.deployments,
-        "all_deployments": t.all_deployments,
-        "monitoring": t.monitoring,
-        "created_at": clock::format(t.created_at),
-        "updated_at": clock::format(t.updated_at),
-        "expired_at": t.expired_at.map(clock::format),
-        "last_used_at": t.last_used_at.map(clock::format),
-        "is_expired": t.is_expired(now),
-    })
-}
-
-fn access(t: &Token) -> String {
-    let mut parts = Vec::new();
-    if t.all_deployments {
-        parts.push("all deployments".to_owned());
-    } else if !t.deployments.is_empty() {
-        parts.push(format!("deployments: {}", t.deployments.join(",")));
-    }
-    if !t.scopes.is_empty() {
-        parts.push(format!(
-            "scopes: {}",
-            t.scopes
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
-    }
-    if t.monitoring {
-        parts.push("monitoring".to_owned());
-    }
-    parts.join("; ")
-}
-
-fn owner(t: &Token) -> &str {
-    match t.kind {
-        OwnerKind::Organization => "organization",
-        OwnerKind::Personal => &t.user,
-    }
 }
 
 fn structured(out: &mut dyn Write, format: Output, value: &Value) -> std::io::Result<()> {
@@ -118,7 +69,7 @@ pub fn tokens(
         return structured(
             out,
             format,
-            &Value::Array(tokens.iter().map(|t| view(t, now)).collect()),
+            &Value::Array(tokens.iter().map(|t| TokenView(t).json(now)).collect()),
         );
     }
     let rows: Vec<Vec<String>> = tokens
@@ -131,8 +82,8 @@ pub fn tokens(
             vec![
                 t.uid.clone(),
                 t.name.clone(),
-                owner(t).to_owned(),
-                access(t),
+                TokenView(t).owner().to_owned(),
+                TokenView(t).access(),
                 expires,
                 show_time(t.last_used_at),
             ]
@@ -153,14 +104,14 @@ pub fn token(
     now: UnixSeconds,
 ) -> std::io::Result<()> {
     if format != Output::Table {
-        return structured(out, format, &view(t, now));
+        return structured(out, format, &TokenView(t).json(now));
     }
     let rows = [
         ("uid", t.uid.clone()),
         ("name", t.name.clone()),
         ("description", t.description.clone().unwrap_or_default()),
-        ("owner", owner(t).to_owned()),
-        ("access", access(t)),
+        ("owner", TokenView(t).owner().to_owned()),
+        ("access", TokenView(t).access()),
         ("created", clock::format(t.created_at)),
         ("expires", show_time(t.expired_at)),
         ("last used", show_time(t.last_used_at)),
@@ -180,7 +131,7 @@ pub fn created(
     secret: &Secret,
 ) -> std::io::Result<()> {
     if format != Output::Table {
-        let mut v = view(t, clock::now());
+        let mut v = TokenView(t).json(clock::now());
         v["token"] = Value::String(secret.expose().to_owned());
         return structured(out, format, &v);
     }
@@ -189,7 +140,7 @@ pub fn created(
         "created token {} (uid {}) with access: {}",
         t.name,
         t.uid,
-        access(t)
+        TokenView(t).access()
     )?;
     writeln!(out, "its value, shown this once (store it now):")?;
     writeln!(out, "{}", secret.expose())

@@ -11,9 +11,10 @@ use serde::Deserialize;
 
 use super::{output, read, CliError, Output};
 use crate::clock;
-use crate::control::matches_search;
+use crate::control::issuance::{issue, Issuer};
+use crate::control::{matches_search, NewToken};
 use crate::store::{StoreError, Writable};
-use crate::token::{self, Digest, OwnerKind, Scope, Scopes, Secret, Token};
+use crate::token::{self, Digest, Scope, Scopes, Secret, Token};
 
 /// Token commands.
 #[derive(Debug, Subcommand)]
@@ -166,34 +167,18 @@ fn create(args: CreateArgs, file: &Writable) -> Result<(Secret, Token), CliError
             "a token needs at least one kind of access: --deployment NAME, --all-deployments, --scope or --monitoring".into(),
         ));
     }
-    let secret =
-        Secret::generate().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
-    let uid =
-        token::new_uid().map_err(|e| CliError::Io(format!("no randomness from the OS: {e}")))?;
-    let record = Token {
+    let req = NewToken {
+        name: args.name,
         description: args.description,
-        expired_at,
         scopes,
+        expired_at,
         deployments: args.deployments,
         all_deployments: args.all_deployments,
+        organization: Some(args.user.is_none()),
         monitoring: args.monitoring,
-        ..Token::new(uid, args.name, secret.digest(), args.user, now)
     };
-    let stored = record.clone();
-    let usage = file.update(move |f| {
-        if stored.kind == OwnerKind::Personal && !f.member(&stored.user).is_some_and(|m| m.active) {
-            return Ok(Some(format!(
-                "no active member `{}`; add one with `bentogate member add {}`",
-                stored.user, stored.user
-            )));
-        }
-        f.tokens.push(stored);
-        Ok(None)
-    })?;
-    match usage {
-        Some(message) => Err(CliError::Usage(message)),
-        None => Ok((secret, record)),
-    }
+    let owner = args.user.as_deref();
+    Ok(issue(file, Issuer::Local { owner }, req)?)
 }
 
 /// One entry of an import file.

@@ -18,10 +18,11 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Caller, ControlError, MemberChange, NewToken, Store};
-use crate::clock::{self, UnixSeconds};
-use crate::store::{Member, TokenFile};
-use crate::token::{OwnerKind, Scopes, Token};
+use super::view::{self, ApiView};
+use super::{audit, Caller, ControlError, MemberChange, NewToken, Store};
+use crate::clock;
+use crate::store::TokenFile;
+use crate::token::Scopes;
 use crate::validator::{Validator, Verdict};
 
 /// Largest list page served at once.
@@ -80,7 +81,7 @@ impl Api {
             }
             (Method::GET, ["current_org"]) => {
                 blocking(Box::new(move |s| {
-                    Ok((StatusCode::OK, org_json(&s.read()?)))
+                    Ok((StatusCode::OK, view::org_json(&s.read()?)))
                 }))
                 .await
             }
@@ -90,7 +91,7 @@ impl Api {
                     let file = s.read()?;
                     let (total, items) =
                         Store::list(&caller, &file, q.search.as_deref(), q.start, q.count);
-                    let view = View::new(&file);
+                    let view = ApiView::new(&file);
                     let now = clock::now();
                     let items: Vec<Value> =
                         items.into_iter().map(|t| view.token(t, now)).collect();
@@ -104,16 +105,18 @@ impl Api {
             (Method::POST, ["api_tokens"]) => {
                 let req = match parse_create(&body) {
                     Ok(req) => req,
-                    Err(e) => return Err(audit_failure(&caller, "token.create", NEW_TOKEN, e)),
+                    Err(e) => return Err(audit::failure(&caller, "token.create", NEW_TOKEN, e)),
                 };
                 blocking(Box::new(move |s| {
                     let (secret, record) = match s.create(&caller, req) {
                         Ok(created) => created,
-                        Err(e) => return Err(audit_failure(&caller, "token.create", NEW_TOKEN, e)),
+                        Err(e) => {
+                            return Err(audit::failure(&caller, "token.create", NEW_TOKEN, e))
+                        }
                     };
                     // The subject is the new uid; the name the request chose is not logged.
-                    tracing::info!(target: "bentogate::audit", action = "token.create", actor = caller.user(), actor_uid = %caller.token.uid, subject = %record.uid, outcome = "done", "control-plane change");
-                    let mut body = View::new(&s.read()?).token(&record, clock::now());
+                    audit::change(&caller, "token.create", &record.uid, Ok(()))?;
+                    let mut body = ApiView::new(&s.read()?).token(&record, clock::now());
                     body["token"] = Value::String(secret.expose().to_owned());
                     Ok((StatusCode::OK, body))
                 }))
@@ -124,7 +127,7 @@ impl Api {
                 blocking(Box::new(move |s| {
                     let file = s.read()?;
                     let t = Store::get(&caller, &file, &uid)?;
-                    Ok((StatusCode::OK, View::new(&file).token(t, clock::now())))
+                    Ok((StatusCode::OK, ApiView::new(&file).token(t, clock::now())))
                 }))
                 .await
             }
@@ -132,10 +135,11 @@ impl Api {
                 let uid = (*uid).to_owned();
                 blocking(Box::new(move |s| {
                     let outcome = s.delete(&caller, &uid);
-                    let t = audited(&caller, "token.delete", super::shown_uid(&uid), outcome)?;
+                    let t =
+                        audit::change(&caller, "token.delete", super::shown_uid(&uid), outcome)?;
                     Ok((
                         StatusCode::OK,
-                        View::new(&s.read()?).token(&t, clock::now()),
+                        ApiView::new(&s.read()?).token(&t, clock::now()),
                     ))
                 }))
                 .await
@@ -156,7 +160,7 @@ impl Api {
                             &e,
                             "send JSON with `name` and optionally `email` and `admin`",
                         ));
-                        return Err(audit_failure(&caller, "member.add", NOT_A_MEMBER, e));
+                        return Err(audit::failure(&caller, "member.add", NOT_A_MEMBER, e));
                     }
                 };
                 let change = MemberChange::Add {
@@ -200,8 +204,10 @@ impl Api {
         path: &str,
         headers: &HeaderMap,
     ) -> Result<Caller, ControlError> {
+        let route = route_label(path);
+        let request = Some((method_label(method), route.as_str()));
         let refused = |e: ControlError| {
-            tracing::warn!(target: "bentogate::audit", action = "authorize", method = method_label(method), path = route_label(path), outcome = "refused", reason = %e, "control-plane authorization failed");
+            audit::denied("authorize", request, None, &e);
             e
         };
         let Some(value) = crate::auth::presented_token(headers) else {
@@ -233,7 +239,7 @@ impl Api {
             .await
             .map_err(|_| ControlError::Unavailable("the store task failed".into()))?;
         caller.map_err(|e| {
-            tracing::warn!(target: "bentogate::audit", action = "authorize", method = method_label(method), path = route_label(path), actor_uid = %uid, outcome = "refused", reason = %e, "control-plane authorization failed");
+            audit::denied("authorize", request, Some(&uid), &e);
             e
         })
     }
@@ -263,7 +269,7 @@ where
         let outcome = s.change_member(&caller, change);
         // `apply_member_change` refuses a name that breaks the rule, so one that reaches the
         // answer below has passed it; the audit line shows it only if it does.
-        let count = audited(&caller, action, super::shown_member(&name), outcome)?;
+        let count = audit::change(&caller, action, super::shown_member(&name), outcome)?;
         let body = if deactivation {
             json!({ "member": name, "deleted_tokens": 0, "disabled_tokens": count })
         } else {
@@ -272,40 +278,6 @@ where
         Ok((StatusCode::OK, body))
     }))
     .await
-}
-
-/// Writes the audit line for a change (done or refused) and passes the outcome on.
-fn audited<T>(
-    caller: &Caller,
-    action: &'static str,
-    subject: &str,
-    outcome: Result<T, ControlError>,
-) -> Result<T, ControlError> {
-    match outcome {
-        Ok(done) => {
-            tracing::info!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "done", "control-plane change");
-            Ok(done)
-        }
-        Err(e) => Err(audit_failure(caller, action, subject, e)),
-    }
-}
-
-/// Writes the audit line for a refused or failed change and returns its error.
-fn audit_failure(
-    caller: &Caller,
-    action: &'static str,
-    subject: &str,
-    e: ControlError,
-) -> ControlError {
-    match &e {
-        ControlError::Forbidden(_) => {
-            tracing::warn!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "refused", reason = %e, "control-plane authorization failed")
-        }
-        _ => {
-            tracing::info!(target: "bentogate::audit", action, actor = caller.user(), actor_uid = %caller.token.uid, subject, outcome = "failed", reason = %e, "control-plane change failed")
-        }
-    }
-    e
 }
 
 /// A method as audit lines and errors may show it: the standard ones by name, any other (a
@@ -458,84 +430,8 @@ fn parse_create(body: &[u8]) -> Result<NewToken, ControlError> {
     })
 }
 
-/// A stable uid for the organization, derived from its name (the file stores none).
-fn org_uid(file: &TokenFile) -> String {
-    hex::encode(&crate::token::Digest::of(file.organization.name.as_bytes()).0[..10])
-}
-
-fn org_json(file: &TokenFile) -> Value {
-    let created = file
-        .tokens
-        .iter()
-        .map(|t| t.created_at)
-        .min()
-        .unwrap_or_else(clock::now);
-    json!({
-        "uid": org_uid(file),
-        "created_at": clock::format(created),
-        "updated_at": null,
-        "deleted_at": null,
-        "name": file.organization.name,
-        "resource_type": "organization",
-        "labels": [],
-        "description": "",
-    })
-}
-
-fn user_value(name: &str, member: Option<&Member>) -> Value {
-    json!({
-        "name": name,
-        // The client prints the email on login; a user with none is shown by name.
-        "email": member.and_then(|m| m.email.clone()).unwrap_or_else(|| name.to_owned()),
-        "first_name": "",
-        "last_name": "",
-    })
-}
-
 fn user_json(caller: &Caller, file: &TokenFile) -> Value {
-    user_value(caller.user(), file.member(caller.user()))
-}
-
-/// Renders tokens of one file: the organization object is built once per answer, not per token.
-struct View<'f> {
-    file: &'f TokenFile,
-    org: Value,
-}
-
-impl<'f> View<'f> {
-    fn new(file: &'f TokenFile) -> View<'f> {
-        View {
-            file,
-            org: org_json(file),
-        }
-    }
-
-    /// A token in the client's ApiTokenSchema, with bentogate's access fields beside it. Never
-    /// the value or the digest.
-    fn token(&self, t: &Token, now: UnixSeconds) -> Value {
-        json!({
-            "uid": t.uid,
-            "created_at": clock::format(t.created_at),
-            "updated_at": clock::format(t.updated_at),
-            "deleted_at": null,
-            "name": t.name,
-            "resource_type": "api_token",
-            "labels": [],
-            "description": t.description.clone().unwrap_or_default(),
-            "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-            "user": user_value(&t.user, self.file.member(&t.user)),
-            "organization": self.org,
-            "expired_at": t.expired_at.map(clock::format),
-            "last_used_at": t.last_used_at.map(clock::format),
-            "is_expired": t.is_expired(now),
-            "is_api_token": true,
-            "is_organization_token": t.kind == OwnerKind::Organization,
-            "is_global_access": t.all_deployments,
-            "deployments": t.deployments,
-            "all_deployments": t.all_deployments,
-            "monitoring": t.monitoring,
-        })
-    }
+    view::user_value(caller.user(), file.member(caller.user()))
 }
 
 #[cfg(test)]

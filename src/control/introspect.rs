@@ -13,9 +13,10 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
+use super::view::TokenView;
 use crate::auth::presented_token;
 use crate::clock;
-use crate::token::{OwnerKind, Scope, Token};
+use crate::token::Scope;
 use crate::validator::{Validator, Verdict};
 
 /// The introspection endpoint over this gateway's validator.
@@ -34,7 +35,7 @@ impl Introspection {
     pub async fn handle(&self, headers: &HeaderMap, body: Bytes) -> (StatusCode, Value) {
         let now = clock::now();
         let refuse = |status: StatusCode, reason: &'static str| {
-            tracing::warn!(target: "bentogate::audit", action = "introspect", outcome = "refused", reason, "control-plane authorization failed");
+            super::audit::denied("introspect", None, None, &reason);
             (
                 status,
                 json!({ "error": "invalid_client", "error_description": reason }),
@@ -68,7 +69,7 @@ impl Introspection {
         match self.validator.validate(value.as_bytes(), now).await {
             Verdict::Valid(t) => {
                 t.mark_used(now);
-                (StatusCode::OK, active(&t))
+                (StatusCode::OK, TokenView(&t).introspection())
             }
             // "Inactive" would be cached by the asking gateway as an unknown token: say instead
             // that this control plane cannot tell right now.
@@ -86,29 +87,4 @@ fn unavailable() -> (StatusCode, Value) {
         StatusCode::SERVICE_UNAVAILABLE,
         json!({ "error": "temporarily_unavailable", "error_description": "the token source is unreachable; retry shortly" }),
     )
-}
-
-/// The RFC 7662 answer for a live token.
-pub fn active(t: &Token) -> Value {
-    let aud: Vec<&str> = if t.all_deployments {
-        vec!["*"]
-    } else {
-        t.deployments.iter().map(String::as_str).collect()
-    };
-    let mut answer = json!({
-        "active": true,
-        "token_type": "Bearer",
-        "client_id": t.uid,
-        "sub": t.user,
-        "scope": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
-        "aud": aud,
-        "iat": t.created_at,
-        "name": t.name,
-        "owner_kind": match t.kind { OwnerKind::Organization => "organization", OwnerKind::Personal => "personal" },
-        "monitoring": t.monitoring,
-    });
-    if let Some(exp) = t.expired_at {
-        answer["exp"] = json!(exp);
-    }
-    answer
 }

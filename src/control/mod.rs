@@ -8,16 +8,19 @@
 //! mapped to statuses in one place ([`ControlError::status`]).
 
 pub mod api;
+pub mod audit;
 pub mod grant;
 pub mod introspect;
+pub mod issuance;
+pub mod view;
 
 use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::clock::{self, UnixSeconds};
+use crate::clock::UnixSeconds;
 use crate::store::{Member, Role, StoreError, TokenFile, TokenSource, Writable};
-use crate::token::{self, OwnerKind, Scope, Scopes, Secret, Token};
+use crate::token::{OwnerKind, Scope, Scopes, Secret, Token};
 
 /// Why a control-plane request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -214,71 +217,12 @@ impl Store {
             .ok_or_else(|| no_token(uid))
     }
 
-    /// Creates a token; the value is returned this once and never kept. The new token grants
-    /// no more than the calling token holds ([`grant::attenuate`]); that is checked before
-    /// anything is written.
+    /// Creates a token for `caller` ([`issuance::issue`]); the value is returned this once and
+    /// never kept. The data plane sees the token before this returns.
     pub fn create(&self, caller: &Caller, req: NewToken) -> Result<(Secret, Token), ControlError> {
-        let now = clock::now();
-        if req.name.trim().is_empty() {
-            return Err(ControlError::Invalid("`name` must not be empty".into()));
-        }
-        if req.expired_at.is_some_and(|at| at <= now) {
-            return Err(ControlError::Invalid(
-                "`expired_at` is in the past; give a future time".into(),
-            ));
-        }
-        let organization = req
-            .organization
-            .unwrap_or(caller.token.kind == OwnerKind::Organization && caller.is_admin());
-        if organization && !caller.is_admin() {
-            return Err(ControlError::Forbidden(
-                "creating an organization token needs an admin's token with the `write_organization` scope".into(),
-            ));
-        }
-        grant::attenuate(&caller.token, &req)?;
-        let owner = if organization {
-            None
-        } else {
-            Some(caller.user().to_owned())
-        };
-        let secret = Secret::generate()
-            .map_err(|e| ControlError::Unavailable(format!("no randomness from the OS: {e}")))?;
-        let uid = token::new_uid()
-            .map_err(|e| ControlError::Unavailable(format!("no randomness from the OS: {e}")))?;
-        let mut record = Token {
-            description: req.description.filter(|d| !d.is_empty()),
-            expired_at: req.expired_at,
-            scopes: req.scopes,
-            deployments: req.deployments,
-            all_deployments: req.all_deployments,
-            monitoring: req.monitoring,
-            ..Token::new(uid, req.name, secret.digest(), owner, now)
-        };
-        if organization {
-            record.user = caller.user().to_owned();
-        }
-        if !record.has_access() {
-            return Err(ControlError::Invalid(
-                "a token needs at least one kind of access: `scopes` (e.g. --scope api), `deployments`, `all_deployments` or `monitoring`".into(),
-            ));
-        }
-        let stored = record.clone();
-        let refused = self.write(move |f| {
-            if stored.kind == OwnerKind::Personal
-                && !f.member(&stored.user).is_some_and(|m| m.active)
-            {
-                return Ok(Some(format!(
-                    "`{}` is not an active member, so it cannot own a personal token; ask an admin to run `bentogate member add {}`",
-                    stored.user, stored.user
-                )));
-            }
-            f.tokens.push(stored);
-            Ok(None)
-        })?;
-        match refused {
-            Some(message) => Err(ControlError::Forbidden(message)),
-            None => Ok((secret, record)),
-        }
+        let created = issuance::issue(&self.writable, issuance::Issuer::Caller(caller), req);
+        self.refresh();
+        created
     }
 
     /// Deletes a token: her own personal tokens for a member; any token for an admin.

@@ -1,0 +1,102 @@
+//! Token issuance: the one function that turns a request for a new token into a stored record
+//! and a value shown once. The local CLI, the token API and (later) the web console all call
+//! [`issue`], so the checks, the grant rule and value generation live only here.
+//!
+//! What it must never do: keep or log the value (only its digest is stored), or let a
+//! control-plane caller grant more than its own token holds ([`super::grant`]).
+
+use super::{grant, Caller, ControlError, NewToken};
+use crate::clock;
+use crate::store::Writable;
+use crate::token::{self, OwnerKind, Secret, Token};
+
+/// Who asks for the token.
+#[derive(Clone, Copy)]
+pub enum Issuer<'a> {
+    /// The local operator, with the token file or the database in reach: the root of trust,
+    /// not attenuated. The token is personal to `owner` if one is given, else the
+    /// organization's.
+    Local {
+        /// The member who will own a personal token.
+        owner: Option<&'a str>,
+    },
+    /// A control-plane caller: personal tokens are its own, organization tokens need an admin,
+    /// and every grant is attenuated to what the caller's token holds.
+    Caller(&'a Caller),
+}
+
+/// Validates `req`, applies the grant rule, generates the value and stores the record in one
+/// write. Returns the value (to show this once) and the record.
+pub fn issue(
+    store: &Writable,
+    issuer: Issuer<'_>,
+    req: NewToken,
+) -> Result<(Secret, Token), ControlError> {
+    let now = clock::now();
+    if req.name.trim().is_empty() {
+        return Err(ControlError::Invalid("`name` must not be empty".into()));
+    }
+    if req.expired_at.is_some_and(|at| at <= now) {
+        return Err(ControlError::Invalid(
+            "`expired_at` is in the past; give a future time".into(),
+        ));
+    }
+    // The personal owner, and the user recorded as an organization token's maker.
+    let (owner, maker) = match issuer {
+        Issuer::Local { owner } => (owner.map(str::to_owned), None),
+        Issuer::Caller(caller) => {
+            let organization = req
+                .organization
+                .unwrap_or(caller.token.kind == OwnerKind::Organization && caller.is_admin());
+            if organization && !caller.is_admin() {
+                return Err(ControlError::Forbidden(
+                    "creating an organization token needs an admin's token with the `write_organization` scope".into(),
+                ));
+            }
+            grant::attenuate(&caller.token, &req)?;
+            let user = caller.user().to_owned();
+            if organization {
+                (None, Some(user))
+            } else {
+                (Some(user), None)
+            }
+        }
+    };
+    let randomness =
+        |e: getrandom::Error| ControlError::Unavailable(format!("no randomness from the OS: {e}"));
+    let secret = Secret::generate().map_err(randomness)?;
+    let uid = token::new_uid().map_err(randomness)?;
+    let mut record = Token {
+        description: req.description.filter(|d| !d.is_empty()),
+        expired_at: req.expired_at,
+        scopes: req.scopes,
+        deployments: req.deployments,
+        all_deployments: req.all_deployments,
+        monitoring: req.monitoring,
+        ..Token::new(uid, req.name, secret.digest(), owner, now)
+    };
+    if let Some(user) = maker {
+        record.user = user;
+    }
+    if !record.has_access() {
+        return Err(ControlError::Invalid(
+            "a token needs at least one kind of access: `scopes` (e.g. --scope api), `deployments`, `all_deployments` or `monitoring`".into(),
+        ));
+    }
+    let stored = record.clone();
+    let refused = store.update(move |f| {
+        if stored.kind == OwnerKind::Personal && !f.member(&stored.user).is_some_and(|m| m.active)
+        {
+            return Ok(Some(format!(
+                "`{}` is not an active member, so it cannot own a personal token; add one with `bentogate member add {}`",
+                stored.user, stored.user
+            )));
+        }
+        f.tokens.push(stored);
+        Ok(None)
+    })?;
+    match refused {
+        Some(message) => Err(ControlError::Forbidden(message)),
+        None => Ok((secret, record)),
+    }
+}
