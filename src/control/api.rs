@@ -238,10 +238,7 @@ impl Api {
         let caller = tokio::task::spawn_blocking(move || store.caller(token))
             .await
             .map_err(|_| ControlError::Unavailable("the store task failed".into()))?;
-        caller.map_err(|e| {
-            audit::denied("authorize", request, Some(&uid), &e);
-            e
-        })
+        caller.inspect_err(|e| audit::denied("authorize", request, Some(&uid), e))
     }
 }
 
