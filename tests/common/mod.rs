@@ -391,15 +391,29 @@ pub async fn metrics(admin: SocketAddr) -> String {
     send(&client(), admin, "/metrics", &[]).await.body
 }
 
-/// The value of one metric line (`name{labels}`), or 0 when absent.
+/// The value of one metric line (`name{labels}`), or `None` when the scrape has no such series.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    let line = text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+    })?;
+    Some(line.trim().parse().unwrap_or_else(|_| {
+        panic!("series {series} has an unparseable value {line:?} in:\n{text}")
+    }))
+}
+
+/// The value of one metric line (`name{labels}`). A missing series fails the test with the
+/// scrape: a renamed or unregistered metric must not read as a silent 0.
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric_value(text, series)
+        .unwrap_or_else(|| panic!("no series {series} in the scrape:\n{text}"))
+}
+
+/// The value of a labelled series that the registry only creates on its first increment, so
+/// that "not yet there" legitimately means 0. Use only where a test expects absence or counts
+/// from zero; everywhere else use `metric`, which fails on a missing series.
+pub fn metric_or_zero(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or(0.0)
 }
 
 /// Polls until a GET answers `want` (within 3 s); returns how long it took.
