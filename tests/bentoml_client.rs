@@ -116,19 +116,19 @@ async fn a_real_bento_service_is_called_through_the_gateway() {
     let _server = ProcessGroup::spawn(
         Command::new(&py)
             .args([
-            "-m",
-            "bentoml",
-            "serve",
-            "service:Echo",
-            "--host",
-            "127.0.0.1",
-        ])
-        .args(["--port", &port.to_string()])
-        .current_dir(here())
-        .env("BENTOML_HOME", home.path())
-        .env("BENTOML_DO_NOT_TRACK", "True")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null()),
+                "-m",
+                "bentoml",
+                "serve",
+                "service:Echo",
+                "--host",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string()])
+            .current_dir(here())
+            .env("BENTOML_HOME", home.path())
+            .env("BENTOML_DO_NOT_TRACK", "True")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     );
     let service: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let started = Instant::now();

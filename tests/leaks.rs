@@ -298,7 +298,10 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
         .iter()
         .filter(|b| b.contains("too many failed authorizations"))
         .count();
-    assert_eq!(throttled, 0, "{throttled} control-plane calls were throttled");
+    assert_eq!(
+        throttled, 0,
+        "{throttled} control-plane calls were throttled"
+    );
     assert!(
         bodies.iter().any(|b| b.contains(&made_uid)),
         "the created token was never read back"

@@ -122,7 +122,11 @@ async fn a_corrupt_or_empty_file_keeps_the_last_good_set() {
     })
     .await;
     let ready = send(&client(), g.admin, "/readyz", &[]).await;
-    assert!(ready.body.contains("empty"), "after {rejected:?}: {}", ready.body);
+    assert!(
+        ready.body.contains("empty"),
+        "after {rejected:?}: {}",
+        ready.body
+    );
     assert_eq!(status(g.addr, "/", Some(&value)).await, StatusCode::OK);
     assert_eq!(
         metric(&metrics(g.admin).await, "bentogate_tokens_loaded"),
