@@ -174,6 +174,21 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
             .unwrap();
         readers.push(s);
     }
+    // Positive control instead of a bare sleep: every response is flowing (its first bytes wait
+    // in the client's socket, peeked, not read), so the gateway is holding 50 live 16 MiB
+    // streams when its memory is judged, not 50 requests it has not started on.
+    for (i, s) in readers.iter().enumerate() {
+        let mut first = [0u8; 16];
+        let peeked = tokio::time::timeout(Duration::from_secs(5), s.peek(&mut first))
+            .await
+            .unwrap_or_else(|_| panic!("response {i} never started"))
+            .unwrap();
+        assert!(
+            first[..peeked].starts_with(b"HTTP/1.1 200"),
+            "response {i}: {:?}",
+            String::from_utf8_lossy(&first[..peeked])
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await; // let the buffers fill
     report(
         &g,
