@@ -12,6 +12,10 @@ SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=${*:-bearer token_check route config token_file introspect_answer normalize}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# cargo fuzz has no --locked: a stale fuzz/Cargo.lock fails here instead of being rewritten by
+# the build (.ci/run requires the checkout unchanged at its end).
+cargo +nightly metadata --locked --format-version 1 >/dev/null ||
+    { echo "fuzz/Cargo.lock is out of date: run 'cargo +nightly update -w' in fuzz/ and commit it" >&2; exit 1; }
 mkdir -p logs
 status=0
 for t in $TARGETS; do

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bentogate::token::Scope;
@@ -20,16 +20,7 @@ fn here() -> PathBuf {
 
 /// The virtualenv's python, installing the pinned client on first use.
 fn python() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(here().join("venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("bash runs tests/bentoml/venv.sh");
-    assert!(
-        out.status.success(),
-        "tests/bentoml/venv.sh could not install bentoml (PyPI reachable?)"
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    bentoml_python()
 }
 
 /// Runs tests/bentoml/client.py in `mode` against `g`'s admin listener as `key`; returns the
@@ -110,47 +101,35 @@ async fn the_bentoml_sdk_and_cli_manage_bentogate_tokens() {
         );
     }
     // `bentoml cloud login` wrote the endpoint where the client keeps its contexts.
-    let contexts = std::fs::read_to_string(home.path().join(".yatai.yaml")).unwrap_or_default();
+    let contexts = std::fs::read_to_string(home.path().join(".yatai.yaml"))
+        .unwrap_or_else(|e| panic!("`bentoml cloud login` wrote no .yatai.yaml: {e}"));
     assert!(contexts.contains(&g.admin.to_string()), "{contexts}");
-}
-
-/// A `bentoml serve` process, killed when dropped.
-struct BentoServer(Child);
-
-impl Drop for BentoServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_bento_service_is_called_through_the_gateway() {
     let py = python();
     let home = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(&py)
-        .args([
-            "-m",
-            "bentoml",
-            "serve",
-            "service:Echo",
-            "--host",
-            "127.0.0.1",
-        ])
-        .args(["--port", &port.to_string()])
-        .current_dir(here())
-        .env("BENTOML_HOME", home.path())
-        .env("BENTOML_DO_NOT_TRACK", "True")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = BentoServer(child);
+    let port = free_port();
+    // `bentoml serve` is a supervisor that forks its API workers: killing only the supervisor
+    // left a worker behind on every run. The whole process group ends when `_server` drops.
+    let _server = ProcessGroup::spawn(
+        Command::new(&py)
+            .args([
+                "-m",
+                "bentoml",
+                "serve",
+                "service:Echo",
+                "--host",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string()])
+            .current_dir(here())
+            .env("BENTOML_HOME", home.path())
+            .env("BENTOML_DO_NOT_TRACK", "True")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let service: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let started = Instant::now();
     while status_or_none(service, "/readyz").await != Some(StatusCode::OK) {

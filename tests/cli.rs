@@ -359,32 +359,23 @@ fn check_names_file_line_and_key_and_exits_2() {
     assert_eq!(run(d, &["check"]).status.code(), Some(2));
 }
 
-/// A `bentogate serve` child with its addresses, read from its JSON "listening" line.
+/// A `bentogate serve` child with its addresses, read from its JSON "listening" line. It runs in
+/// its own process group, killed when this is dropped: a failed test leaves no server running.
 struct Served {
-    child: Child,
+    child: ProcessGroup,
     proxy: SocketAddr,
     admin: SocketAddr,
     lines: mpsc::Receiver<String>,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        // A failed test must not leave a server running.
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 fn serve(config: &str) -> Served {
-    let child = bin()
-        .args(["serve", "--config", config])
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = ProcessGroup::spawn(
+        bin()
+            .args(["serve", "--config", config])
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
     let (tx, lines) = mpsc::channel();
     let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let mut served = Served {
@@ -393,7 +384,7 @@ fn serve(config: &str) -> Served {
         admin: unbound,
         lines,
     };
-    let err = served.child.stderr.take().unwrap();
+    let err = served.child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -463,8 +454,8 @@ async fn serve_logs_one_access_line_per_request_and_never_a_token() {
         send(&client(), s.admin, "/healthz", &[]).await.status,
         StatusCode::OK
     );
-    sigterm(&s.child);
-    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    sigterm(&s.child.0);
+    assert!(wait_exit(&mut s.child.0, Duration::from_secs(10)).success());
     let lines: Vec<String> = s.lines.try_iter().collect();
     let all = lines.join("\n");
     assert!(!all.contains(&value), "a token value reached the log");
@@ -493,8 +484,8 @@ async fn serve_logs_one_access_line_per_request_and_never_a_token() {
     let quiet = write_config(dir.path(), u.addr, "log: {format: json, access: false}\n");
     let mut s = serve(&quiet);
     assert_eq!(status(s.proxy, "/", Some(&value)).await, StatusCode::OK);
-    sigterm(&s.child);
-    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    sigterm(&s.child.0);
+    assert!(wait_exit(&mut s.child.0, Duration::from_secs(10)).success());
     assert!(!s.lines.try_iter().any(|l| l.contains("bentogate::access")));
 }
 
@@ -520,21 +511,21 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0() {
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "first\n");
 
-    sigterm(&s.child);
+    sigterm(&s.child.0);
     let proxy = s.proxy;
     eventually(Duration::from_secs(5), || async move {
         tokio::net::TcpStream::connect(proxy).await.is_err()
     })
     .await;
     assert!(
-        s.child.try_wait().unwrap().is_none(),
+        s.child.0.try_wait().unwrap().is_none(),
         "exited with a request in flight"
     );
     u.release.notify_one();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "last\n");
     assert_eq!(
-        wait_exit(&mut s.child, Duration::from_secs(10)).code(),
+        wait_exit(&mut s.child.0, Duration::from_secs(10)).code(),
         Some(0)
     );
 }
@@ -705,8 +696,8 @@ async fn the_remote_cli_manages_tokens_and_members_and_every_change_is_audited()
     let import = remote(d, s.admin, &key, &["token", "import", "x.yaml"]);
     assert_eq!(import.status.code(), Some(2));
 
-    sigterm(&s.child);
-    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    sigterm(&s.child.0);
+    assert!(wait_exit(&mut s.child.0, Duration::from_secs(10)).success());
     let lines: Vec<String> = s.lines.try_iter().collect();
     let all = lines.join("\n");
     assert!(
@@ -827,8 +818,8 @@ async fn serve_never_answers_or_logs_what_a_request_sent() {
     );
 
     let mut s = s;
-    sigterm(&s.child);
-    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    sigterm(&s.child.0);
+    assert!(wait_exit(&mut s.child.0, Duration::from_secs(10)).success());
     let lines: Vec<String> = s.lines.try_iter().collect();
     let all = lines.join("\n");
     assert!(
@@ -892,11 +883,11 @@ async fn sighup_reloads_routes_and_refuses_a_bad_config() {
         u.addr
     );
     std::fs::write(&config, &with_b).unwrap();
-    hup(&s.child);
+    hup(&s.child.0);
     until_status(s.proxy, "/b", None, StatusCode::OK).await;
     // A broken file: refused with a log line naming the problem; the running routes stay.
     std::fs::write(&config, with_b.replace("policy: public", "policy: publik")).unwrap();
-    hup(&s.child);
+    hup(&s.child.0);
     let deadline = Instant::now() + Duration::from_secs(5);
     let refused = loop {
         let line = s
@@ -921,7 +912,7 @@ async fn sighup_reloads_routes_and_refuses_a_bad_config() {
     assert_ne!(moved, with_b, "the listener line is in the file");
     std::fs::write(&config, &moved).unwrap();
     for round in 0..2 {
-        hup(&s.child);
+        hup(&s.child.0);
         // Each SIGHUP ends with its "configuration reloaded" line; the warning comes before.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut warned = None;
@@ -940,6 +931,6 @@ async fn sighup_reloads_routes_and_refuses_a_bad_config() {
         assert!(warned.contains("127.0.0.1:1"), "{warned}");
     }
     assert_eq!(status(s.proxy, "/b", None).await, StatusCode::OK);
-    sigterm(&s.child);
-    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+    sigterm(&s.child.0);
+    assert!(wait_exit(&mut s.child.0, Duration::from_secs(10)).success());
 }

@@ -27,18 +27,11 @@ async fn probe(addr: SocketAddr) -> Duration {
     times[times.len() / 2]
 }
 
-/// A `bentogate serve` child, killed when dropped.
+/// A `bentogate serve` child in its own process group, killed (group and all) when dropped.
 struct Gateway {
-    child: std::process::Child,
+    child: ProcessGroup,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_gateway(upstream: SocketAddr) -> Gateway {
@@ -53,15 +46,15 @@ fn start_gateway(upstream: SocketAddr) -> Gateway {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bentogate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
+    let mut child = ProcessGroup::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_bentogate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null()),
+    );
+    let err = child.0.stderr.take().unwrap();
     let mut lines = BufReader::new(err).lines();
     let addr = loop {
         let line = lines.next().expect("bentogate exited").unwrap();
@@ -81,21 +74,25 @@ fn start_gateway(upstream: SocketAddr) -> Gateway {
     }
 }
 
-/// Peak resident memory of the gateway process, MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// Peak resident memory of the gateway process, MiB. A status file without a readable VmHWM
+/// fails the test: a 0 here would pass every memory bound below without measuring anything.
+fn peak_rss_mib(g: &Gateway) -> f64 {
+    let pid = g.child.0.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
     let kb: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
+        .unwrap_or_else(|| panic!("no parseable VmHWM in /proc/{pid}/status:\n{status}"));
+    assert!(kb > 0.0, "VmHWM of a running gateway reads {kb} kB");
     kb / 1024.0
 }
 
 fn report(g: &Gateway, attack: &str, baseline: Duration, under: Duration) {
     eprintln!(
         "attack {attack}: well-behaved median {under:?} (baseline {baseline:?}); gateway peak RSS {:.1} MiB",
-        peak_rss_mib(g.child.id())
+        peak_rss_mib(g)
     );
     // Generous: the machine has 2 shared cores and the attackers run on them too.
     assert!(
@@ -168,7 +165,7 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
     slow_bodies.iter().for_each(|t| t.abort());
 
     // 4. Clients that never read their 16 MiB responses: backpressure, not buffering.
-    let rss_before = peak_rss_mib(g.child.id());
+    let rss_before = peak_rss_mib(&g);
     let mut readers = Vec::new();
     for _ in 0..50 {
         let mut s = TcpStream::connect(g.addr).await.unwrap();
@@ -177,6 +174,21 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
             .unwrap();
         readers.push(s);
     }
+    // Positive control instead of a bare sleep: every response is flowing (its first bytes wait
+    // in the client's socket, peeked, not read), so the gateway is holding 50 live 16 MiB
+    // streams when its memory is judged, not 50 requests it has not started on.
+    for (i, s) in readers.iter().enumerate() {
+        let mut first = [0u8; 16];
+        let peeked = tokio::time::timeout(Duration::from_secs(5), s.peek(&mut first))
+            .await
+            .unwrap_or_else(|_| panic!("response {i} never started"))
+            .unwrap();
+        assert!(
+            first[..peeked].starts_with(b"HTTP/1.1 200"),
+            "response {i}: {:?}",
+            String::from_utf8_lossy(&first[..peeked])
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await; // let the buffers fill
     report(
         &g,
@@ -184,7 +196,7 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
         baseline,
         probe(g.addr).await,
     );
-    let grew = peak_rss_mib(g.child.id()) - rss_before;
+    let grew = peak_rss_mib(&g) - rss_before;
     assert!(
         grew < 400.0,
         "50 x 16 MiB responses were buffered: +{grew:.0} MiB"
@@ -218,20 +230,31 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
 
     // 6. HTTP/2 rapid reset: streams opened and reset in a loop, reconnecting when refused.
     let addr = g.addr;
+    // Every refused handshake is counted, not skipped: an attack whose connections all failed
+    // would otherwise "pass" without a single stream reaching the gateway.
     let rapid = tokio::spawn(async move {
-        let mut resets = 0u64;
+        let (mut resets, mut handshakes, mut refused) = (0u64, 0u64, Vec::new());
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
-            let Ok(tcp) = TcpStream::connect(addr).await else {
-                break;
-            };
-            let Ok((h2, conn)) = h2::client::handshake(tcp).await else {
-                continue;
+            let tcp = TcpStream::connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("rapid reset: cannot connect to the gateway: {e}"));
+            let (h2, conn) = match h2::client::handshake(tcp).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    refused.push(e.to_string());
+                    continue;
+                }
             };
             tokio::spawn(conn);
-            let Ok(mut h2) = h2.ready().await else {
-                continue;
+            let mut h2 = match h2.ready().await {
+                Ok(h2) => h2,
+                Err(e) => {
+                    refused.push(e.to_string());
+                    continue;
+                }
             };
+            handshakes += 1;
             while Instant::now() < deadline {
                 let req = http::Request::get("http://x/").body(()).unwrap();
                 let Ok((_res, mut stream)) = h2.send_request(req, false) else {
@@ -245,12 +268,26 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
                 }
             }
         }
-        resets
+        (resets, handshakes, refused)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let under = probe(g.addr).await;
-    let resets = rapid.await.unwrap();
-    eprintln!("rapid reset: {resets} streams opened and reset in 2 s");
+    let (resets, handshakes, refused) = rapid.await.unwrap();
+    eprintln!(
+        "rapid reset: {resets} streams opened and reset on {handshakes} connections in 2 s ({} handshakes refused)",
+        refused.len()
+    );
+    // The attack really ran: connections were accepted as HTTP/2 and many streams were reset.
+    // (A loaded 2-core machine still manages thousands; 100 only rules out "none at all".)
+    assert!(
+        handshakes >= 1,
+        "no HTTP/2 handshake succeeded; refusals: {:?}",
+        &refused[..refused.len().min(5)]
+    );
+    assert!(
+        resets >= 100,
+        "only {resets} streams reset on {handshakes} connections: the attack did not run"
+    );
     report(&g, "HTTP/2 rapid reset", baseline, under);
 
     // 7. A flood of SETTINGS and PING frames from a client that never reads the acks.
@@ -284,9 +321,12 @@ async fn a_well_behaved_client_is_served_under_each_attack() {
     eprintln!(
         "SETTINGS/PING flood: {frames} frames written before the gateway pushed back or 2 s passed"
     );
+    // The first burst (about 1 KiB) always fits the socket buffer: fewer means the flood never
+    // reached the gateway and the latency below measured nothing.
+    assert!(frames >= 64, "the flood wrote only {frames} frames");
     report(&g, "SETTINGS and PING flood", baseline, under);
 
-    let peak = peak_rss_mib(g.child.id());
+    let peak = peak_rss_mib(&g);
     eprintln!("gateway peak RSS over all attacks: {peak:.1} MiB");
     assert!(peak < 512.0, "memory not bounded: {peak:.0} MiB");
 }

@@ -44,7 +44,7 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
     std::fs::write(
         &config,
         format!(
-            "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{format: json, access: true, level: trace}}\nthrottle: {{failures_per_minute: 60, burst: 20}}\ndeployments:\n{}{}{}{}",
+            "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{format: json, access: true, level: trace}}\nthrottle: {{failures_per_minute: 60, burst: 100}}\ndeployments:\n{}{}{}{}",
             deployment("a", u.addr, "protected", "    path_prefix: /a\n"),
             deployment("mon", u.addr, "monitoring", "    path_prefix: /mon\n"),
             deployment("dev", u.addr, "developer", "    path_prefix: /dev\n    scopes: [read_cluster]\n"),
@@ -95,13 +95,15 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
         .to_owned();
     values.push(unknown.clone());
 
-    let mut child = bin()
-        .args(["serve", "--config", &config])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Its own process group, killed on drop: a failing assertion leaves no server running.
+    let mut served = ProcessGroup::spawn(
+        bin()
+            .args(["serve", "--config", &config])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let child = &mut served.0;
     // Read stderr on a thread; the first lines give the addresses.
     let mut err = child.stderr.take().unwrap();
     let mut out = child.stdout.take().unwrap();
@@ -142,8 +144,21 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
     };
 
     let mut bodies: Vec<String> = Vec::new();
-    let (h1, h2) = (client(), h2c_client());
-    for c in [&h1, &h2] {
+    // The throttle is one per address across proxy and control plane. The data-plane guessing
+    // (hundreds of failures) comes from 127.0.0.2 and empties that address's bucket; the
+    // control-plane calls come from 127.0.0.1, whose fewer than 100 refusals stay within the
+    // burst, so the API really answers instead of a 429 for everything.
+    let h1 = client();
+    let guess = |http2: bool| {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_local_address(Some([127, 0, 0, 2].into()));
+        let mut builder =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder.http2_only(http2);
+        builder.build(connector)
+    };
+    let (g1, g2) = (guess(false), guess(true));
+    for c in [&g1, &g2] {
         for path in [
             "/a/x?token=q",
             "/mon/metrics",
@@ -183,6 +198,7 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
             }
         }
     }
+    let control_plane_from = bodies.len();
     // Control plane: every read path, a create (whose value is allowed in its own response),
     // a delete, refusals, introspection of every value.
     let admin_key = &values[0].clone();
@@ -278,11 +294,24 @@ async fn no_token_value_appears_in_any_output_log_metric_or_body() {
             .body,
         );
     }
-    // Throttle the test's address, then keep guessing.
+    // The control plane answered every call above: none was a 429 (which would scan nothing).
+    let throttled = bodies[control_plane_from..]
+        .iter()
+        .filter(|b| b.contains("too many failed authorizations"))
+        .count();
+    assert_eq!(
+        throttled, 0,
+        "{throttled} control-plane calls were throttled"
+    );
+    assert!(
+        bodies.iter().any(|b| b.contains(&made_uid)),
+        "the created token was never read back"
+    );
+    // Keep guessing from the throttled address.
     for _ in 0..30 {
         bodies.push(
             send(
-                &h1,
+                &g1,
                 proxy,
                 "/a/x",
                 &[("authorization", &format!("Bearer {unknown}"))],

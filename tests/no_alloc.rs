@@ -99,15 +99,22 @@ fn a_cache_hit_allocates_nothing() {
     );
 
     // 2. Including moka's housekeeping, which runs inline every 64 reads: crossbeam-epoch flushes
-    //    a garbage bag (one 2 KiB allocation) about every other run. Amortized, well under 1%.
+    //    a garbage bag (one 2 KiB allocation) about every other run. The 20,000 cache reads
+    //    below make about 312 housekeeping runs; measured 2026-12-03 (debug build, 2-core
+    //    machine, three runs): 158 allocations every time, i.e. one per ~190 validations.
+    //    The bound is that figure plus 12 (under 8%): how often a bag is full when the epoch
+    //    advances can shift by a few runs with thread timing, but a new allocation on the hit
+    //    path itself (at least one per validation, 20,000+) or one per housekeeping run (~312)
+    //    is far outside it.
+    const MEASURED: usize = 158;
+    const MARGIN: usize = 12;
     COUNTING.store(true, Ordering::SeqCst);
     let passed = validate_all(&validator, 10_000);
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(passed, 30_000);
     let n = ALLOCATIONS.load(Ordering::SeqCst);
     assert!(
-        n <= 300,
-        "{n} allocations over 30,000 validations including housekeeping"
+        n <= MEASURED + MARGIN,
+        "{n} allocations over 30,000 validations including housekeeping (measured {MEASURED})"
     );
-    eprintln!("{n} allocations over 30,000 validations including moka housekeeping");
 }

@@ -4,7 +4,9 @@
 //! safe to race, and `migrate` moves a file store in and out.
 //!
 //! The server is the one at BENTOGATE_TEST_POSTGRES (default
-//! postgres://postgres@127.0.0.1:5432/postgres); every test makes its own database there.
+//! postgres://postgres@127.0.0.1:5432/postgres); every test makes its own database there. With
+//! no server answering, each test prints `SKIPPED <test>: ...` and returns, unless `CI` is set:
+//! then it fails, naming tests/postgres/ensure.sh, which starts one.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -39,14 +41,16 @@ struct TestDb {
 }
 
 impl TestDb {
-    async fn new() -> TestDb {
+    /// A fresh database for `test`, or `None` when no server answers and `CI` is unset (the
+    /// test then returns early: Rust has no runtime skip, so one printed line says so).
+    async fn new(test: &str) -> Option<TestDb> {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "bentogate_test_{}_{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
-        let admin = admin_client().await;
+        let admin = server_or_skip(test).await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .await
@@ -60,12 +64,12 @@ impl TestDb {
             tokio_postgres::config::Host::Tcp(h) => h.clone(),
             tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
         };
-        TestDb {
+        Some(TestDb {
             name,
             host,
             port: cfg.get_ports().first().copied().unwrap_or(5432),
             user: cfg.get_user().unwrap_or("postgres").to_owned(),
-        }
+        })
     }
 
     /// The URL through `addr` (a relay) or straight to the server.
@@ -104,6 +108,40 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// A connection to the test server. When none answers: in CI (`CI` set) the test fails,
+/// naming tests/postgres/ensure.sh; elsewhere it prints one SKIPPED line and returns `None`.
+async fn server_or_skip(test: &str) -> Option<tokio_postgres::Client> {
+    let url = admin_url();
+    let connect = tokio_postgres::connect(&url, tokio_postgres::NoTls);
+    let why = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(conn);
+            return Some(client);
+        }
+        Ok(Err(e)) => match std::error::Error::source(&e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+        Err(_) => "no answer within 5 s".to_owned(),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "no PostgreSQL at {url} ({why}); in CI the PostgreSQL tests must run: start one with \
+             tests/postgres/ensure.sh and export its output as BENTOGATE_TEST_POSTGRES \
+             (.ci/run does both)"
+        );
+    }
+    // Straight to the process's stderr: the test harness captures `eprintln!` of passing tests,
+    // and a skip must be seen without --nocapture.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no PostgreSQL at {url} ({why}); run tests/postgres/ensure.sh and export \
+         its output as BENTOGATE_TEST_POSTGRES to run it (with CI set, this fails instead)"
+    );
+    None
 }
 
 async fn admin_client() -> tokio_postgres::Client {
@@ -244,7 +282,11 @@ async fn readyz(admin: SocketAddr) -> StatusCode {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_tokens_and_revocations_reach_the_other_within_a_second() {
-    let db = TestDb::new().await;
+    let Some(db) =
+        TestDb::new("replicas_share_tokens_and_revocations_reach_the_other_within_a_second").await
+    else {
+        return;
+    };
     let u = upstream().await;
     let root = admin_token(&db.url()).await;
     let a = replica(&db.url(), u.addr).await;
@@ -535,7 +577,11 @@ async fn database_addr() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
-    let db = TestDb::new().await;
+    let Some(db) =
+        TestDb::new("a_lost_database_keeps_cached_tokens_fails_closed_and_recovers").await
+    else {
+        return;
+    };
     let u = upstream().await;
     let relay = Relay::start(database_addr().await).await;
     let root = admin_token(&db.url()).await;
@@ -663,7 +709,11 @@ async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_backends_are_replaced_and_revocations_still_propagate() {
-    let db = TestDb::new().await;
+    let Some(db) =
+        TestDb::new("terminated_backends_are_replaced_and_revocations_still_propagate").await
+    else {
+        return;
+    };
     let u = upstream().await;
     let root = admin_token(&db.url()).await;
     let a = replica(&db.url(), u.addr).await;
@@ -710,7 +760,9 @@ async fn terminated_backends_are_replaced_and_revocations_still_propagate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_the_schema_once() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::new("replicas_starting_together_migrate_the_schema_once").await else {
+        return;
+    };
     let starts = (0..4).map(|_| {
         let config = pg_config(&db.url());
         tokio::spawn(
@@ -749,7 +801,10 @@ async fn replicas_starting_together_migrate_the_schema_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_moves_a_file_store_into_the_database_and_back() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::new("migrate_moves_a_file_store_into_the_database_and_back").await
+    else {
+        return;
+    };
     let u = upstream().await;
     // A file store with a member, her personal token and an organization token.
     let dir = tempfile::tempdir().unwrap();

@@ -229,19 +229,31 @@ async fn until_tokens(g: &Gate, n: f64) {
 
 /// A gateway whose first listener is TLS with the given certificates.
 async fn tls_gate(dir: tempfile::TempDir, leaves: &[&Leaf], u: SocketAddr) -> Gate {
-    let certs: Vec<String> = leaves
+    tls_gate_listeners(dir, &[leaves], u).await
+}
+
+/// A gateway with one TLS listener per entry of `listeners`, each with its certificates, in
+/// order (`proxy_addrs[i]`).
+async fn tls_gate_listeners(dir: tempfile::TempDir, listeners: &[&[&Leaf]], u: SocketAddr) -> Gate {
+    let blocks: Vec<String> = listeners
         .iter()
-        .map(|l| {
-            format!(
-                "        - {{ cert: \"{}\", key: \"{}\" }}\n",
-                l.cert.display(),
-                l.key.display()
-            )
+        .map(|leaves| {
+            let certs: String = leaves
+                .iter()
+                .map(|l| {
+                    format!(
+                        "        - {{ cert: \"{}\", key: \"{}\" }}\n",
+                        l.cert.display(),
+                        l.key.display()
+                    )
+                })
+                .collect();
+            format!("  - address: \"127.0.0.1:0\"\n    tls:\n      certificates:\n{certs}")
         })
         .collect();
     let text = format!(
-        "listeners:\n  - address: \"127.0.0.1:0\"\n    tls:\n      certificates:\n{}admin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\ndeployments:\n{}",
-        certs.concat(),
+        "listeners:\n{}admin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\ndeployments:\n{}",
+        blocks.concat(),
         deployment("a", u, "protected", "")
     );
     let config = Config::parse(&text, "test.yaml", dir.path()).unwrap();
@@ -334,8 +346,12 @@ async fn changed_certificate_files_serve_new_handshakes_and_spare_open_connectio
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let first = pki.leaf("a", &["a.test"]);
+    // A second listener with its own certificate is the positive control: its watcher polls on
+    // the same 1 s period, started with the first.
+    let control = pki.leaf("control", &["control.test"]);
     let u = upstream().await;
-    let g = tls_gate(dir, &[&first], u.addr).await;
+    let g = tls_gate_listeners(dir, &[&[&first], &[&control]], u.addr).await;
+    let control_addr = g.running.proxy_addrs[1];
     let (_, token) = add_token(&g.tokens, Grant::to(&["a"]));
 
     let open = tls_connect(&pki, g.addr, "a.test", &[b"http/1.1"]).await;
@@ -348,9 +364,20 @@ async fn changed_certificate_files_serve_new_handshakes_and_spare_open_connectio
     );
 
     // A mismatched pair (a key that is not the certificate's) is refused; the old one stays.
+    // Instead of a bare sleep: after the break, the control's files change twice, and each new
+    // control certificate is waited for. Two reloads on a watcher with the same period as the
+    // subject's mean at least one full poll period passed after the break was written, so the
+    // subject's watcher has read the broken pair (there is no TLS reload metric to wait on).
     let stranger = pki.leaf("stranger", &["a.test"]);
     std::fs::copy(&stranger.key, &first.key).unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // two polls: the bad pair was seen
+    for _ in 0..2 {
+        let next = pki.leaf("control", &["control.test"]);
+        eventually(Duration::from_secs(5), || async {
+            presented(&tls_connect(&pki, control_addr, "control.test", &[b"http/1.1"]).await)
+                == next.der
+        })
+        .await;
+    }
     let conn = tls_connect(&pki, g.addr, "a.test", &[b"http/1.1"]).await;
     assert_eq!(
         presented(&conn),
@@ -849,23 +876,33 @@ async fn idle_keepalive_connections_are_closed_and_h2_streams_are_capped() {
             })
         })
         .collect();
-    eventually(Duration::from_secs(3), || async {
-        u.seen.lock().unwrap().len() == before + 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // the third must still be waiting
-    assert_eq!(
-        u.seen.lock().unwrap().len(),
-        before + 2,
-        "a third stream got through"
-    );
+    let streams_seen = || {
+        u.seen.lock().unwrap()[before..]
+            .iter()
+            .filter(|s| s.path_and_query == "/stream")
+            .count()
+    };
+    eventually(Duration::from_secs(3), || async { streams_seen() == 2 }).await;
+    // Positive control instead of a bare sleep: a request on a second connection, sent after
+    // the third stream, reaches the upstream and is answered; the third stream, held only by
+    // its connection's limit, still has not.
+    let mut other = h2_over(TcpStream::connect(g.addr).await.unwrap()).await;
+    let control = Request::get("http://x/?control")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(3), other.send_request(control))
+        .await
+        .expect("a request on another connection is answered within 3 s")
+        .unwrap();
+    assert_eq!(answered.status(), StatusCode::OK);
+    assert!(u.seen.lock().unwrap()[before..]
+        .iter()
+        .any(|s| s.path_and_query == "/?control"));
+    assert_eq!(streams_seen(), 2, "a third stream got through");
     for _ in 0..3 {
         u.release.notify_one();
     }
-    eventually(Duration::from_secs(3), || async {
-        u.seen.lock().unwrap().len() == before + 3
-    })
-    .await;
+    eventually(Duration::from_secs(3), || async { streams_seen() == 3 }).await;
     u.release.notify_one();
     for s in streams {
         assert!(s.await.unwrap() > 0);

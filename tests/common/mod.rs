@@ -391,15 +391,29 @@ pub async fn metrics(admin: SocketAddr) -> String {
     send(&client(), admin, "/metrics", &[]).await.body
 }
 
-/// The value of one metric line (`name{labels}`), or 0 when absent.
+/// The value of one metric line (`name{labels}`), or `None` when the scrape has no such series.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    let line = text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+    })?;
+    Some(line.trim().parse().unwrap_or_else(|_| {
+        panic!("series {series} has an unparseable value {line:?} in:\n{text}")
+    }))
+}
+
+/// The value of one metric line (`name{labels}`). A missing series fails the test with the
+/// scrape: a renamed or unregistered metric must not read as a silent 0.
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric_value(text, series)
+        .unwrap_or_else(|| panic!("no series {series} in the scrape:\n{text}"))
+}
+
+/// The value of a labelled series that the registry only creates on its first increment, so
+/// that "not yet there" legitimately means 0. Use only where a test expects absence or counts
+/// from zero; everywhere else use `metric`, which fails on a missing series.
+pub fn metric_or_zero(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or(0.0)
 }
 
 /// Polls until a GET answers `want` (within 3 s); returns how long it took.
@@ -439,9 +453,53 @@ pub async fn hanging_request(gate: SocketAddr, upstream: &Upstream) -> tokio::ne
     stream
 }
 
-/// A child process started in its own process group; the whole group (workers included) is
-/// killed when this is dropped, so no process of the suite outlives its test.
+/// A child process started in its own process group; the whole group, and every descendant
+/// that left it, is killed when this is dropped, so no process of the suite outlives its test.
+/// (`bentoml serve` workers call `setsid`: they are in a group of their own, so killing the
+/// group alone left one behind on every run.)
 pub struct ProcessGroup(pub std::process::Child);
+
+/// Every live descendant of `root`, read from /proc (parent pids), children before their own.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue; // not a process directory
+            };
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses: split after
+            // the last ')'.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue; // exited while we looked
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
 
 impl ProcessGroup {
     /// Spawns `cmd` as the leader of a new process group.
@@ -453,9 +511,17 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        // The group id is the leader's pid; `kill -- -PGID` reaches every member.
+        // The group id is the leader's pid; `kill -- -PGID` reaches every member, and the
+        // descendants found before it are killed by pid (a worker that made its own session is
+        // no longer in the group). Processes that already ended make `kill` complain: silenced.
+        let leader = self.0.id();
+        let mut targets = vec![format!("-{leader}")];
+        targets.extend(descendants(leader).iter().map(u32::to_string));
         let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .arg("-KILL")
+            .arg("--")
+            .args(&targets)
+            .stderr(std::process::Stdio::null())
             .status();
         let _ = self.0.wait();
     }
