@@ -19,7 +19,7 @@
 //! auth.rs         Bearer parsing and the policy decision, pure functions
 //! path.rs         request-path normalization (RFC 3986), the one reading of a path
 //! metrics.rs      the metrics struct on an explicit registry
-//! config.rs       YAML -> validated Config
+//! config/         YAML -> validated Config: raw shapes, resolver, defaults
 //! token.rs        token values, digests, the Token record
 //! clock.rs        Unix seconds and timestamp formats
 //! ```
