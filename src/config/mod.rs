@@ -3,7 +3,8 @@
 //! Two layers: raw serde structs that mirror the file ([`raw`]: `deny_unknown_fields`, so a typo is
 //! an error, never a silently ignored key), converted once by [`resolve`] into [`Config`], whose
 //! values are already parsed (addresses, durations, header names, upstream URLs). Errors name the
-//! file, the line, the key and what to do ([`ConfigError`]).
+//! file, the line, the key and what to do ([`ConfigError`]). The YAML itself is read through
+//! [`crate::yaml`], like every other YAML in bentogate.
 //!
 //! Files: this one holds the validated types and the entry points; `raw.rs` the serde shapes;
 //! `resolve.rs` the raw -> validated conversion and error locating, with `tokens.rs` and
@@ -18,6 +19,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use crate::token::Scopes;
+use crate::yaml;
 
 mod defaults;
 mod deployments;
@@ -364,11 +366,9 @@ impl Config {
 
     /// Validates configuration text; relative paths in it are resolved against `base`.
     pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
-        // serde_path_to_error keeps the whole key path (`forwarding.timeouts.connect`), which
-        // serde_yaml alone loses for errors raised inside a value's own deserializer.
+        // Tracked, so an error names its exact key (`forwarding.timeouts.connect`).
         let raw: raw::RawConfig =
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
-                .map_err(|e| resolve::yaml_error(origin, &e))?;
+            yaml::from_str_tracked(text).map_err(|e| resolve::yaml_error(origin, &e))?;
         resolve::Resolver { text, origin }.resolve(raw, base)
     }
 }

@@ -18,34 +18,15 @@ use super::{
     is_hop_by_hop, CertificatePair, Config, ConfigError, ForwardingConfig, IdentityHeaders, IpNet,
     Limits, ListenerConfig, LogConfig, ThrottleConfig,
 };
+use crate::yaml;
 
-pub(super) fn yaml_error(
-    origin: &str,
-    e: &serde_path_to_error::Error<serde_yaml::Error>,
-) -> ConfigError {
-    let inner = e.inner();
-    let full = inner.to_string();
-    // serde_yaml says "path.to.key: what is wrong at line L column C"; keep only what is wrong.
-    let without_location = match full.rfind(" at line ") {
-        Some(at) => &full[..at],
-        None => full.as_str(),
-    };
-    let message = match without_location.split_once(": ") {
-        Some((key, message)) if !key.contains(' ') => message,
-        _ => without_location,
-    };
-    // The tracked path names the exact key; `.` alone means the document itself.
-    let path = e.path().to_string();
-    let key = if path == "." || path.is_empty() {
-        "(document)".to_owned()
-    } else {
-        path
-    };
+/// A file the raw shapes could not read, as a [`ConfigError`] naming the exact key and line.
+pub(super) fn yaml_error(origin: &str, e: &yaml::Error) -> ConfigError {
     ConfigError::Invalid {
         path: origin.to_owned(),
-        line: inner.location().map(|l| l.line()),
-        key,
-        message: format!("{message} (config.example.yaml documents every key)"),
+        line: e.line(),
+        key: e.path().unwrap_or("(document)").to_owned(),
+        message: format!("{} (config.example.yaml documents every key)", e.message()),
     }
 }
 
