@@ -94,46 +94,7 @@ pub struct ThrottleConfig {
     /// Most client addresses tracked; beyond, the least recently failing are forgotten.
     pub max_clients: u64,
     /// Peers whose `X-Forwarded-For` names the client (its last entry).
-    pub trusted_proxies: Vec<IpNet>,
-}
-
-/// An address range (`10.0.0.0/8`, `::1/128`, or a bare address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    /// The network address.
-    pub addr: std::net::IpAddr,
-    /// Leading bits that must match.
-    pub prefix: u8,
-}
-
-impl IpNet {
-    /// Reads `a.b.c.d/n`, `x::y/n` or a bare address.
-    pub fn parse(text: &str) -> Option<IpNet> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
-            None => (text, None),
-        };
-        let addr: std::net::IpAddr = addr.trim().parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    /// True when `ip` is inside the range.
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr::{V4, V6};
-        let (net, ip, bits): (u128, u128, u32) = match (self.addr, ip) {
-            (V4(n), V4(i)) => (u32::from(n).into(), u32::from(i).into(), 32),
-            (V6(n), V6(i)) => (u128::from(n), u128::from(i), 128),
-            _ => return false,
-        };
-        let keep = u32::from(self.prefix);
-        if keep == 0 {
-            return true;
-        }
-        let shift = bits - keep;
-        (net >> shift) == (ip >> shift)
-    }
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Where tokens come from and how lookups are cached.

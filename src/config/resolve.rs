@@ -5,18 +5,19 @@
 //! (`forwarding.timeouts.connect`) and, where it can be found in the text, its line. The `tokens:`
 //! and `deployments:` sections are resolved in `tokens.rs` and `deployments.rs`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use http::HeaderName;
+use ipnet::IpNet;
 
 use super::defaults::*;
 use super::raw::{Dur, RawConfig, RawForwarding, RawLimits, RawListener, RawThrottle};
 use super::{
-    is_hop_by_hop, CertificatePair, Config, ConfigError, ForwardingConfig, IdentityHeaders, IpNet,
-    Limits, ListenerConfig, LogConfig, ThrottleConfig,
+    is_hop_by_hop, CertificatePair, Config, ConfigError, ForwardingConfig, IdentityHeaders, Limits,
+    ListenerConfig, LogConfig, ThrottleConfig,
 };
 use crate::yaml;
 
@@ -111,7 +112,7 @@ impl Resolver<'_> {
             .trusted_proxies
             .iter()
             .map(|t| {
-                IpNet::parse(t).ok_or_else(|| {
+                ip_range(t).ok_or_else(|| {
                     self.error(
                         "throttle.trusted_proxies",
                         &["trusted_proxies:"],
@@ -336,6 +337,20 @@ impl Resolver<'_> {
     }
 }
 
+/// Reads `a.b.c.d/n`, `x::y/n`, or a bare address as a single host (/32, /128): `ipnet` alone
+/// needs the prefix. Space around the address is allowed, as it always was.
+fn ip_range(text: &str) -> Option<IpNet> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+        None => (text, None),
+    };
+    let addr: IpAddr = addr.trim().parse().ok()?;
+    match prefix {
+        Some(prefix) => IpNet::new(addr, prefix).ok(),
+        None => Some(IpNet::from(addr)),
+    }
+}
+
 /// The 1-based line of the first `needles[last]` found after `needles[..last]` in order.
 pub(super) fn find_line(text: &str, needles: &[&str]) -> Option<usize> {
     let mut lines = text.lines().enumerate();
@@ -446,5 +461,37 @@ mod tests {
             format!("{MINIMAL}forwarding:\n  identity_headers:\n    token_uid: authorization\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges_or_bare_addresses() {
+        let text = format!(
+            "{MINIMAL}throttle:\n  trusted_proxies: [10.0.0.0/8, 127.0.0.1, \"::1\", \" 192.0.2.1 \"]\n"
+        );
+        let c = parse(&text).unwrap();
+        let got: Vec<String> = c
+            .throttle
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "192.0.2.1/32"]
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "::1/129",
+            "10.0.0.0/",
+            "example.com",
+            "10.0.0.0/8/8",
+        ] {
+            let text = format!("{MINIMAL}throttle:\n  trusted_proxies: [\"{bad}\"]\n");
+            let e = parse(&text).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!("test.yaml:6: throttle.trusted_proxies: `{bad}` is not an address or range; write 10.0.0.0/8 or 127.0.0.1"),
+            );
+        }
     }
 }
