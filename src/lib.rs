@@ -19,9 +19,10 @@
 //! auth.rs         Bearer parsing and the policy decision, pure functions
 //! path.rs         request-path normalization (RFC 3986), the one reading of a path
 //! metrics.rs      the metrics struct on an explicit registry
-//! config.rs       YAML -> validated Config
+//! config/         YAML -> validated Config: raw shapes, resolver, defaults
 //! token.rs        token values, digests, the Token record
 //! clock.rs        Unix seconds and timestamp formats
+//! yaml.rs         every YAML read and write; the one file that names the YAML parser
 //! ```
 //!
 //! The rule: nothing here logs, formats or returns a token value, except the creation paths in
@@ -44,3 +45,4 @@ pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod validator;
+pub mod yaml;

@@ -29,7 +29,7 @@ fn structured(out: &mut dyn Write, format: Output, value: &Value) -> std::io::Re
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_default()
         ),
-        Output::Yaml => write!(out, "{}", serde_yaml::to_string(value).unwrap_or_default()),
+        Output::Yaml => write!(out, "{}", crate::yaml::to_string(value).unwrap_or_default()),
     }
 }
 

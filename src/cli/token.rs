@@ -224,8 +224,7 @@ fn import(from: &Path, file: &Writable) -> Result<(usize, usize), CliError> {
     let entries: Vec<ImportEntry> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text).map_err(|e| bad(Some(e.line()), e.to_string()))?
     } else {
-        serde_yaml::from_str(&text)
-            .map_err(|e| bad(e.location().map(|l| l.line()), e.to_string()))?
+        crate::yaml::from_str(&text).map_err(|e| bad(e.line(), e.to_string()))?
     };
     let now = clock::now();
     let mut records = Vec::with_capacity(entries.len());

@@ -32,10 +32,11 @@ use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
 
 use crate::auth::{self, Credentials};
 use crate::clock;
-use crate::config::{Config, ForwardingConfig, IpNet, Policy, UpstreamProtocol};
+use crate::config::{Config, ForwardingConfig, Policy, UpstreamProtocol};
 use crate::metrics::{Metrics, Outcome, RouteMetrics};
 use crate::path::PathError;
 use crate::route::{Route, RouteTable};
@@ -369,7 +370,7 @@ where
                 && self
                     .trusted_proxies
                     .iter()
-                    .any(|n| n.contains(client.addr.ip())),
+                    .any(|n| n.contains(&client.addr.ip())),
             https: client.https,
             version: client_version,
         };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::token::{Digest, OwnerKind, Token};
+use crate::yaml;
 
 /// The whole token file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -128,8 +129,7 @@ impl TokenFile {
         } else if text.trim().is_empty() {
             TokenFile::default()
         } else {
-            serde_yaml::from_str(text)
-                .map_err(|e| corrupt(e.location().map(|l| l.line()), e.to_string()))?
+            yaml::from_str(text).map_err(|e| corrupt(e.line(), e.to_string()))?
         };
         file.validate().map_err(|m| corrupt(None, m))?;
         Ok(file)
@@ -274,9 +274,9 @@ mod tests {
         assert_eq!(back.tokens, f.tokens);
         assert_eq!(back.members, f.members);
         // What bentogate writes is YAML too, and people may write block YAML by hand.
-        let as_yaml: TokenFile = serde_yaml::from_str(&text).unwrap();
+        let as_yaml: TokenFile = yaml::from_str(&text).unwrap();
         assert_eq!(as_yaml.tokens, f.tokens);
-        let block = serde_yaml::to_string(&f).unwrap();
+        let block = yaml::to_string(&f).unwrap();
         let back = TokenFile::parse(&block, Path::new("t.yaml")).unwrap();
         assert_eq!(back.tokens, f.tokens);
     }

@@ -1,0 +1,283 @@
+//! The `tokens:` section: which source tokens come from and how lookups are cached.
+//!
+//! Part of the [`Resolver`]: checks that exactly the chosen source has its settings, that a
+//! PostgreSQL URL parses (never quoting it: it may hold a password) and that an introspection
+//! token is a token.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::defaults::*;
+use super::raw::{RawIntrospect, RawPostgres, RawSourceKind, RawTokens};
+use super::resolve::Resolver;
+use super::{ConfigError, IntrospectConfig, PostgresConfig, TokensConfig};
+
+impl Resolver<'_> {
+    pub(super) fn tokens(&self, raw: RawTokens, base: &Path) -> Result<TokensConfig, ConfigError> {
+        if raw.postgres.is_some() && raw.source != RawSourceKind::Postgres {
+            return Err(self.error(
+                "tokens.postgres",
+                &["postgres:"],
+                "`postgres:` is read only with `source: postgres`; set the source or remove the section",
+            ));
+        }
+        let postgres = match (raw.source, raw.postgres) {
+            (RawSourceKind::Postgres, Some(p)) => Some(self.postgres(p, base)?),
+            (RawSourceKind::Postgres, None) => return Err(self.error(
+                "tokens.postgres",
+                &["source:"],
+                "`source: postgres` needs `postgres: { url: \"postgres://USER@HOST:5432/DB\" }`",
+            )),
+            _ => None,
+        };
+        let introspect = match (raw.source, raw.introspect) {
+            (RawSourceKind::File | RawSourceKind::Postgres, None) => None,
+            (RawSourceKind::File | RawSourceKind::Postgres, Some(_)) => {
+                return Err(self.error(
+                    "tokens.introspect",
+                    &["introspect:"],
+                    "`introspect:` is read only with `source: introspect`; set the source or remove the section",
+                ))
+            }
+            (RawSourceKind::Introspect, None) => {
+                return Err(self.error(
+                    "tokens.introspect",
+                    &["source:"],
+                    "`source: introspect` needs `introspect: { url: http://HOST:9901/v1/introspect, token_file: PATH }`",
+                ))
+            }
+            (RawSourceKind::Introspect, Some(i)) => Some(self.introspect(i, base)?),
+        };
+        let file = base.join(
+            raw.file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+        );
+        let cache_capacity = raw.cache.capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
+        if cache_capacity == 0 {
+            return Err(self.error(
+                "tokens.cache.capacity",
+                &["capacity:"],
+                "must be at least 1; the default is 100000",
+            ));
+        }
+        let cache_ttl = raw.cache.ttl.map_or(DEFAULT_CACHE_TTL, |d| d.0);
+        let negative_ttl = raw.cache.negative_ttl.map_or(DEFAULT_NEGATIVE_TTL, |d| d.0);
+        if cache_ttl.is_zero() || negative_ttl.is_zero() {
+            return Err(self.error(
+                "tokens.cache",
+                &["ttl:"],
+                "ttl and negative_ttl must be longer than zero",
+            ));
+        }
+        let usage_flush = raw.usage_flush.map_or(DEFAULT_USAGE_FLUSH, |d| d.0);
+        if usage_flush.is_zero() {
+            return Err(self.error(
+                "tokens.usage_flush",
+                &["usage_flush:"],
+                "must be longer than zero; the default is 5s",
+            ));
+        }
+        Ok(TokensConfig {
+            file,
+            cache_capacity,
+            cache_ttl,
+            negative_ttl,
+            usage_flush,
+            introspect,
+            postgres,
+        })
+    }
+
+    fn postgres(&self, raw: RawPostgres, base: &Path) -> Result<PostgresConfig, ConfigError> {
+        let mut settings = tokio_postgres::Config::from_str(&raw.url).map_err(|e| {
+            self.error(
+                "tokens.postgres.url",
+                &["url:"],
+                // The error text never quotes the URL: it may hold a password.
+                format!("not a PostgreSQL connection string ({e}); write it like postgres://bentogate@db:5432/bentogate"),
+            )
+        })?;
+        if settings.get_hosts().is_empty() {
+            return Err(self.error(
+                "tokens.postgres.url",
+                &["url:"],
+                "the connection string names no host; write it like postgres://bentogate@db:5432/bentogate",
+            ));
+        }
+        if settings.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(self.error(
+                "tokens.postgres.url",
+                &["url:"],
+                "sslmode=require: TLS to PostgreSQL is not supported in this build; connect over a private network or a local TLS tunnel and drop sslmode",
+            ));
+        }
+        if let Some(path) = raw.password_file {
+            let path = base.join(path);
+            let password = std::fs::read_to_string(&path).map_err(|e| {
+                self.error(
+                    "tokens.postgres.password_file",
+                    &["password_file:"],
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            settings.password(password.trim_end_matches(['\r', '\n']));
+        }
+        let pool_size = raw.pool_size.unwrap_or(DEFAULT_PG_POOL_SIZE);
+        if pool_size == 0 {
+            return Err(self.error(
+                "tokens.postgres.pool_size",
+                &["pool_size:"],
+                "must be at least 1; the default is 4",
+            ));
+        }
+        Ok(PostgresConfig {
+            url: raw.url,
+            settings,
+            pool_size,
+            timeout: self.positive(
+                "tokens.postgres.timeout",
+                raw.timeout,
+                Duration::from_secs(2),
+            )?,
+            stale_if_error: self.positive(
+                "tokens.postgres.stale_if_error",
+                raw.stale_if_error,
+                DEFAULT_STALE_IF_ERROR,
+            )?,
+        })
+    }
+
+    fn introspect(&self, raw: RawIntrospect, base: &Path) -> Result<IntrospectConfig, ConfigError> {
+        let url = http::Uri::from_str(&raw.url)
+            .ok()
+            .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+            .ok_or_else(|| {
+                self.error(
+                    "tokens.introspect.url",
+                    &["url:"],
+                    format!("`{}` is not an http:// URL with a host (https is not supported in this build yet); write it like http://control-plane:9901/v1/introspect", raw.url),
+                )
+            })?;
+        let token = match (raw.token, raw.token_file) {
+            (Some(t), None) => t,
+            (None, Some(path)) => {
+                let path = base.join(path);
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| {
+                        self.error(
+                            "tokens.introspect.token_file",
+                            &["token_file:"],
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?
+            }
+            _ => {
+                return Err(self.error(
+                    "tokens.introspect",
+                    &["introspect:"],
+                    "give exactly one of `token` or `token_file`: a token with the read_cluster scope on the control plane",
+                ))
+            }
+        };
+        if crate::token::check(token.as_bytes()).is_err() {
+            return Err(self.error(
+                "tokens.introspect.token",
+                &["token:", "token_file:"],
+                "the introspection token is not a token; create one on the control plane with `bentogate token create NAME --scope read_cluster`",
+            ));
+        }
+        Ok(IntrospectConfig {
+            url,
+            token: std::sync::Arc::new(crate::token::Secret::new(token)),
+            stale_if_error: self.positive(
+                "tokens.introspect.stale_if_error",
+                raw.stale_if_error,
+                DEFAULT_STALE_IF_ERROR,
+            )?,
+            timeout: self.positive(
+                "tokens.introspect.timeout",
+                raw.timeout,
+                Duration::from_secs(2),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_support::{parse, MINIMAL};
+    use super::super::{Config, DEFAULT_STALE_IF_ERROR};
+
+    #[test]
+    fn postgres_source_needs_a_url_and_never_echoes_it() {
+        let missing = format!("{MINIMAL}tokens:\n  source: postgres\n");
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.contains("test.yaml:6: tokens.postgres"), "{e}");
+        let ok = format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url: \"postgres://bg:s3cret@db:5432/tokens\", pool_size: 2, timeout: 500ms }}\n");
+        let c = parse(&ok).unwrap();
+        let pg = c.tokens.postgres.unwrap();
+        assert_eq!((pg.pool_size, pg.timeout), (2, Duration::from_millis(500)));
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let bad = format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url: \"postgres://bg:s3cret@db:notaport/x\" }}\n");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("tokens.postgres.url") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "hunter2\n").unwrap();
+        let with_file = format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url: \"postgres://bg@db/x\", password_file: pw }}\n");
+        let c = Config::parse(&with_file, "test.yaml", dir.path()).unwrap();
+        let pg = c.tokens.postgres.unwrap();
+        assert_eq!(pg.settings.get_password(), Some(&b"hunter2"[..]));
+        let missing = with_file.replace("password_file: pw", "password_file: nope");
+        let e = Config::parse(&missing, "test.yaml", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokens.postgres.password_file") && e.contains("nope"),
+            "{e}"
+        );
+        let stray = format!("{MINIMAL}tokens:\n  postgres: {{ url: \"postgres://db/x\" }}\n");
+        assert!(parse(&stray)
+            .unwrap_err()
+            .to_string()
+            .contains("tokens.postgres"));
+    }
+
+    #[test]
+    fn introspect_source_needs_a_url_and_one_token() {
+        let tok = "bgt_000000000000000000000000000000000000";
+        let ok = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"http://cp:9901/v1/introspect\", token: \"0123456789abcdefXYZ\" }}\n");
+        let c = parse(&ok).unwrap();
+        let i = c.tokens.introspect.unwrap();
+        assert_eq!(i.url.path(), "/v1/introspect");
+        assert_eq!(i.stale_if_error, DEFAULT_STALE_IF_ERROR);
+        assert!(
+            !format!("{i:?}").contains("0123456789"),
+            "Debug must not show the token"
+        );
+        let missing = format!("{MINIMAL}tokens:\n  source: introspect\n");
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.contains("tokens.introspect") && e.contains("url"), "{e}");
+        let https = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"https://cp/v1/introspect\", token: \"{tok}\" }}\n");
+        assert!(parse(&https)
+            .unwrap_err()
+            .to_string()
+            .contains("tokens.introspect.url"));
+        let both = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"http://cp/v1/introspect\", token: \"{tok}\", token_file: t }}\n");
+        assert!(parse(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
+        let stray = format!("{MINIMAL}tokens:\n  introspect: {{ url: \"http://cp/v1/introspect\", token: \"{tok}\" }}\n");
+        assert!(parse(&stray)
+            .unwrap_err()
+            .to_string()
+            .contains("source: introspect"));
+    }
+}
