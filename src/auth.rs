@@ -1,7 +1,7 @@
 //! Bearer credentials and the policy decision, as pure functions.
 //!
 //! Owns reading `Authorization: Bearer <token>` (RFC 6750 section 2.1, RFC 9110 section 11.6.2)
-//! and deciding whether a live token passes a route's policy (SPEC section 3). Borrows from the
+//! and deciding whether a live token passes a route's policy (docs/design.md, Policies). Borrows from the
 //! request; never copies, stores or prints the value.
 
 use http::header::AUTHORIZATION;

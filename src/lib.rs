@@ -5,28 +5,30 @@
 //! Leaves know nothing of the server; the pipeline uses them; dependencies point one way (down):
 //!
 //! ```text
-//! main.rs (bin)   command line, tracing, runtime; calls server::run or cli
-//! cli/            token and member commands, local (token file) or remote (--endpoint)
-//! server.rs       listeners, connections, limits, reloads, graceful shutdown
-//! throttle.rs     per-address failure buckets (429)
-//! tls.rs          certificates, SNI resolver, TLS server config
+//! main.rs (bin)   command line, tracing, runtime; wires the library and runs it
+//! cli/            commands: check, token, member, migrate; local (file or database) or remote
+//! server/         listeners, connections, reloads (SIGHUP), graceful shutdown
 //! admin.rs        /healthz /readyz /metrics on the admin listener; routes control-plane paths
-//! control/        control plane: permission rules, BentoCloud token API, /v1/introspect
-//! proxy/          the request pipeline in phase order: route, authorize, rewrite, forward, respond
+//! control/        control plane: callers, issuance, grant rule, members, views, audit, token API,
+//!                 /v1/introspect
+//! proxy/          the request pipeline in phase order: target, route, authorize, rewrite, forward
+//! throttle.rs     per-address failure buckets (429), shared by every listener
+//! tls.rs          certificates, SNI resolver, TLS server config
 //! validator.rs    moka cache in front of a token source
-//! store/          token sources (file, introspect client) and the token file format
+//! store/          the TokenSource trait and store::open; file, postgres, introspect; the file format
 //! route.rs        host + longest-prefix route table
-//! auth.rs         Bearer parsing and the policy decision, pure functions
+//! auth.rs         Bearer parsing, the presented control-plane token, the policy decision
 //! path.rs         request-path normalization (RFC 3986), the one reading of a path
 //! metrics.rs      the metrics struct on an explicit registry
 //! config/         YAML -> validated Config: raw shapes, resolver, defaults
 //! token.rs        token values, digests, the Token record
 //! clock.rs        Unix seconds and timestamp formats
+//! periodic.rs     background work on a period until shutdown
 //! yaml.rs         every YAML read and write; the one file that names the YAML parser
 //! ```
 //!
 //! The rule: nothing here logs, formats or returns a token value, except the creation paths in
-//! `cli` and `control::api` (the create response).
+//! `cli` and `control::api` (the create response). docs/design.md is the design contract.
 
 pub mod admin;
 pub mod auth;

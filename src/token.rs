@@ -191,7 +191,7 @@ pub fn new_uid() -> Result<String, getrandom::Error> {
     Ok(hex::encode(raw))
 }
 
-/// A Developer Operations scope (section 2): what a token may do through the control plane.
+/// A Developer Operations scope (docs/design.md, The control plane): what a token may do through the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 #[clap(rename_all = "snake_case")]
@@ -299,7 +299,7 @@ impl<'de> Deserialize<'de> for Scopes {
     }
 }
 
-/// Who a token belongs to (section 2).
+/// Who a token belongs to (docs/design.md, Tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerKind {

@@ -16,7 +16,7 @@ pub const DEFAULT_CACHE_CAPACITY: u64 = 100_000;
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Default life of a cached "unknown token" answer.
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
-/// How often last-use times are written to the token file (SPEC: at most a few seconds late).
+/// How often last-use times are written to the token file (last use is shown at most a few seconds late).
 pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(5);
 /// Connections per replica to the `postgres` source.
 pub const DEFAULT_PG_POOL_SIZE: usize = 4;

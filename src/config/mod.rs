@@ -274,7 +274,7 @@ pub enum UpstreamProtocol {
     H2,
 }
 
-/// Who may pass a route (section 3).
+/// Who may pass a route (docs/design.md, Policies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
     /// Everyone; the Authorization header is not read.

@@ -1,7 +1,7 @@
 //! The control plane: who may do what to tokens and members, over the writable store (the
 //! token file or the shared database).
 //!
-//! Owns the permission rules of SPEC section 2 ([`Caller`]) and the operations the HTTP API
+//! Owns the permission rules of docs/design.md (The control plane) ([`Caller`]) and the operations the HTTP API
 //! ([`api`]) and token introspection ([`introspect`]) expose. Every change goes through the
 //! file store's locked writer and is then reloaded at once, so a token deleted here is refused
 //! by this gateway's data plane before the API answers. HTTP shapes live in [`api`]; errors are
