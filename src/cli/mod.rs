@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::store::postgres::PgSource;
 use crate::store::{StoreError, TokenFile, Writable};
 pub use check::check;
 pub use member::{member, MemberCommand};
@@ -191,16 +190,9 @@ impl Local {
     }
 }
 
-/// The configured store for local commands: the token file, or the database (connected and
-/// migrated here).
+/// The configured store for local commands ([`crate::store::source::open_writable`]), with the
+/// small runtime that drives a database connection while the command blocks on it.
 pub fn local_store(config: &Config) -> Result<Local, CliError> {
-    let Some(pg) = &config.tokens.postgres else {
-        return Ok(Local {
-            store: Writable::File(config.tokens.file.clone()),
-            runtime: None,
-        });
-    };
-    // One worker thread drives the connections while the command blocks on them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -208,11 +200,19 @@ pub fn local_store(config: &Config) -> Result<Local, CliError> {
     let metrics = std::sync::Arc::new(
         crate::metrics::Metrics::new().map_err(|e| CliError::Io(e.to_string()))?,
     );
-    let db = runtime
-        .block_on(PgSource::connect(pg.clone(), metrics))
-        .map_err(|e| CliError::Store(StoreError::from(e)))?;
+    let store = runtime
+        .block_on(crate::store::source::open_writable(&config.tokens, &metrics))
+        .map_err(|e| match e {
+            crate::store::source::OpenError::File(e) => CliError::Store(e),
+            crate::store::source::OpenError::Database(e) => CliError::Store(StoreError::from(e)),
+        })?
+        .ok_or_else(|| {
+            CliError::Usage(
+                "this configuration takes its tokens from a control plane (tokens.source: introspect); manage them there with --endpoint".into(),
+            )
+        })?;
     Ok(Local {
-        store: Writable::Postgres(std::sync::Arc::new(db)),
+        store,
         runtime: Some(runtime),
     })
 }

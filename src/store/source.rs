@@ -155,6 +155,24 @@ pub async fn open(
     )?))
 }
 
+/// The store the local CLI changes for a configuration, picked here like [`open`] picks the
+/// data plane's source: the token file, or the database (connected and migrated, not
+/// listening). A configuration on the `introspect` source has none: its tokens are managed on
+/// its control plane.
+pub async fn open_writable(
+    config: &TokensConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Writable>, OpenError> {
+    if config.introspect.is_some() {
+        return Ok(None);
+    }
+    if let Some(pg) = &config.postgres {
+        let db = PgSource::connect(pg.clone(), Arc::clone(metrics)).await?;
+        return Ok(Some(Writable::Postgres(Arc::new(db))));
+    }
+    Ok(Some(Writable::File(config.file.clone())))
+}
+
 impl TokenSource for FileSource {
     fn kind(&self) -> &'static str {
         "file"
