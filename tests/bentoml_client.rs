@@ -6,8 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use bentogate::token::Scope;
 use common::*;
@@ -108,37 +107,11 @@ async fn the_bentoml_sdk_and_cli_manage_bentogate_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_bento_service_is_called_through_the_gateway() {
-    let py = python();
     let home = tempfile::tempdir().unwrap();
-    let port = free_port();
-    // `bentoml serve` is a supervisor that forks its API workers: killing only the supervisor
-    // left a worker behind on every run. The whole process group ends when `_server` drops.
-    let _server = ProcessGroup::spawn(
-        Command::new(&py)
-            .args([
-                "-m",
-                "bentoml",
-                "serve",
-                "service:Echo",
-                "--host",
-                "127.0.0.1",
-            ])
-            .args(["--port", &port.to_string()])
-            .current_dir(here())
-            .env("BENTOML_HOME", home.path())
-            .env("BENTOML_DO_NOT_TRACK", "True")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let service: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let started = Instant::now();
-    while status_or_none(service, "/readyz").await != Some(StatusCode::OK) {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "bentoml serve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // `bentoml serve` is a supervisor that forks its API workers: the whole process group
+    // (and the workers that left it) ends when `bento` drops.
+    let bento = bento_service().await;
+    let service = bento.addr;
 
     let g = gate(&format!(
         "deployments:\n{}",
@@ -196,11 +169,4 @@ async fn a_real_bento_service_is_called_through_the_gateway() {
             "bentogate_requests_total{deployment=\"echo\",outcome=\"allowed\"}"
         ) >= 1.0
     );
-}
-
-async fn status_or_none(addr: std::net::SocketAddr, path: &str) -> Option<StatusCode> {
-    let req = http::Request::get(format!("http://{addr}{path}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    client().request(req).await.ok().map(|r| r.status())
 }

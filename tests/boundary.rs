@@ -586,44 +586,8 @@ async fn an_upstream_that_switches_protocols_unasked_gets_a_502() {
 /// token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bentoml_metrics_are_served_only_to_monitoring_tokens() {
-    let home = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _bento = ProcessGroup::spawn(
-        Command::new(bentoml_python())
-            .args([
-                "-m",
-                "bentoml",
-                "serve",
-                "service:Echo",
-                "--host",
-                "127.0.0.1",
-            ])
-            .args(["--port", &port.to_string()])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bentoml"))
-            .env("BENTOML_HOME", home.path())
-            .env("BENTOML_DO_NOT_TRACK", "True")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let service: SocketAddr = ([127, 0, 0, 1], port).into();
-    let started = Instant::now();
-    loop {
-        if tokio::net::TcpStream::connect(service).await.is_ok() {
-            let (status, _) = raw_exchange(
-                service,
-                b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-            )
-            .await;
-            if status == 200 {
-                break;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "bentoml serve did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let bento = bento_service().await;
+    let service = bento.addr;
     let g = gate(&format!(
         "deployments:\n{}{}",
         deployment("mon", service, "monitoring", "    path_prefix: /metrics\n"),

@@ -574,3 +574,57 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A real `bentoml serve` of tests/bentoml/service.py (the `Echo` service) on a free port, in its
+/// own process group, ready (its `/readyz` answered 200) when this returns.
+pub struct BentoService {
+    pub addr: SocketAddr,
+    _home: tempfile::TempDir,
+    _process: ProcessGroup,
+}
+
+pub async fn bento_service() -> BentoService {
+    let home = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let process = ProcessGroup::spawn(
+        std::process::Command::new(bentoml_python())
+            .args([
+                "-m",
+                "bentoml",
+                "serve",
+                "service:Echo",
+                "--host",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string()])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bentoml"))
+            .env("BENTOML_HOME", home.path())
+            .env("BENTOML_DO_NOT_TRACK", "True")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    loop {
+        let req = Request::get(format!("http://{addr}/readyz"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if client()
+            .request(req)
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "bentoml serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    BentoService {
+        addr,
+        _home: home,
+        _process: process,
+    }
+}
