@@ -12,7 +12,6 @@ use std::borrow::Cow;
 
 use http::header::HOST;
 use http::request::Parts;
-use http::uri::Authority;
 use http::{HeaderValue, Version};
 
 use crate::path::{self, PathError};
@@ -102,21 +101,73 @@ fn host(parts: &Parts) -> Result<Option<HeaderValue>, HostError> {
     }
 }
 
-/// A host value must be `host[:port]`: no userinfo, no spaces, a name, a port that fits.
+/// A host value must be `host[:port]` (RFC 3986 3.2.2 and 3.2.3): a reg-name of unreserved,
+/// percent-encoded and sub-delim characters or a bracketed IP literal, no userinfo (`@`), no
+/// spaces, a port of at most five digits that fits in 16 bits. One pass over the bytes: this
+/// runs on every request.
 fn check_authority(bytes: &[u8]) -> Result<(), HostError> {
-    if bytes.is_empty() || bytes.contains(&b'@') {
-        return Err(HostError::Invalid);
-    }
-    let authority = Authority::try_from(bytes).map_err(|_| HostError::Invalid)?;
-    if authority.host().is_empty() {
-        return Err(HostError::Invalid);
+    let (host, port) = match bytes {
+        [b'[', rest @ ..] => {
+            let close = rest
+                .iter()
+                .position(|&b| b == b']')
+                .ok_or(HostError::Invalid)?;
+            let (literal, after) = rest.split_at(close);
+            let literal_ok = !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'%'));
+            if !literal_ok {
+                return Err(HostError::Invalid);
+            }
+            (None, &after[1..])
+        }
+        _ => {
+            let colon = bytes.iter().position(|&b| b == b':');
+            let (name, after) = bytes.split_at(colon.unwrap_or(bytes.len()));
+            (Some(name), after)
+        }
+    };
+    if let Some(name) = host {
+        let name_ok = !name.is_empty()
+            && name.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            });
+        if !name_ok {
+            return Err(HostError::Invalid);
+        }
     }
     // `host:` with an empty port is allowed by RFC 3986; a port that is not a u16 is not.
-    let after_host = &authority.as_str()[authority.host().len()..];
-    match after_host.strip_prefix(':') {
-        None if after_host.is_empty() => Ok(()),
-        Some("") => Ok(()),
-        Some(_) if authority.port_u16().is_some() => Ok(()),
+    match port {
+        [] | [b':'] => Ok(()),
+        [b':', digits @ ..]
+            if digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits
+                    .iter()
+                    .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+                    <= 65535 =>
+        {
+            Ok(())
+        }
         _ => Err(HostError::Invalid),
     }
 }
@@ -147,6 +198,11 @@ mod tests {
             Ok(Some("a.test:8080".into()))
         );
         assert_eq!(host_of(v, "/", &["[::1]:80"]), Ok(Some("[::1]:80".into())));
+        assert_eq!(host_of(v, "/", &["a.test:"]), Ok(Some("a.test:".into())));
+        assert_eq!(
+            host_of(v, "/", &["a.test:65535"]),
+            Ok(Some("a.test:65535".into()))
+        );
         assert_eq!(host_of(v, "/", &[]), Err(HostError::Missing));
         assert_eq!(
             host_of(v, "/", &["a.test", "b.test"]),
