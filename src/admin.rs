@@ -196,7 +196,6 @@ impl Admin {
     }
 }
 
-/// Ready (200) while a remote token source answers, 503 while it does not.
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
