@@ -92,6 +92,22 @@ struct Admitted<'a> {
     path: Option<String>,
 }
 
+impl<'a> Admitted<'a> {
+    /// Takes the target's host and, only if normalization changed it, its path (moved, not
+    /// copied: an unchanged path is the request's own and costs nothing here).
+    fn new(route: &'a Route, token: Option<Arc<Token>>, target: target::Target<'_>) -> Self {
+        Admitted {
+            route,
+            token,
+            host: target.host,
+            path: match target.path {
+                std::borrow::Cow::Owned(p) => Some(p),
+                std::borrow::Cow::Borrowed(_) => None,
+            },
+        }
+    }
+}
+
 impl Gateway {
     /// Builds the gateway for a configuration around a shared validator and failure throttle,
     /// forwarding over TCP (and TLS for `https://` upstreams).
@@ -257,24 +273,12 @@ where
                 },
             )
         })?;
-        let path = &*target.path;
         let route = self
             .routes
-            .route(target.host_str(), path)
+            .route(target.host_str(), &target.path)
             .ok_or((None, Reject::NoRoute))?;
-        let admitted = |token| {
-            Ok(Admitted {
-                route,
-                token,
-                path: match &target.path {
-                    std::borrow::Cow::Owned(p) => Some(p.clone()),
-                    std::borrow::Cow::Borrowed(_) => None,
-                },
-                host: target.host.clone(),
-            })
-        };
-        if route.policy == Policy::Public || route.is_public_path(path) {
-            return admitted(None);
+        if route.policy == Policy::Public || route.is_public_path(&target.path) {
+            return Ok(Admitted::new(route, None, target));
         }
         let deny = |r| Err((Some(&**route), r));
         let now = clock::now();
@@ -306,7 +310,7 @@ where
         match verdict {
             Verdict::Valid(token) if auth::permits(route.policy, &route.name, &token) => {
                 token.mark_used(now);
-                admitted(Some(token))
+                Ok(Admitted::new(route, Some(token), target))
             }
             Verdict::Valid(_) => deny(Reject::InsufficientScope),
             Verdict::Malformed | Verdict::Unknown | Verdict::Expired => {
