@@ -315,18 +315,18 @@ async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
         deployment("a", u.addr, "protected", "")
     ))
     .await;
-    let api = || async {
-        request(
-            &client(),
-            "GET",
+    let listed = |key: String| async move {
+        api_call(
             g.admin,
+            "GET",
             "/api/v1/api_tokens",
-            &[("x-yatai-api-token", &bad_token())],
-            "",
+            &key,
+            serde_json::Value::Null,
         )
         .await
-        .status
+        .0
     };
+    let api = || listed(bad_token());
     let introspect = || async {
         request(
             &client(),
@@ -346,28 +346,13 @@ async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
             ..Grant::to(&["a"])
         },
     );
-    let listed = |key: &str| {
-        let key = key.to_owned();
-        async move {
-            request(
-                &client(),
-                "GET",
-                g.admin,
-                "/api/v1/api_tokens",
-                &[("x-yatai-api-token", &key)],
-                "",
-            )
-            .await
-            .status
-        }
-    };
     // Wait for the file to be loaded without using the token: a 401 would take from the bucket.
     eventually(Duration::from_secs(5), || async {
         metric(&metrics(g.admin).await, "bentogate_tokens_loaded") >= 1.0
     })
     .await;
     assert_eq!(status(g.addr, "/", Some(&live)).await, StatusCode::OK);
-    assert_eq!(listed(&live).await, StatusCode::OK);
+    assert_eq!(listed(live.clone()).await, StatusCode::OK);
     let forwarded = u.seen.lock().unwrap().len();
     // One failure on each plane empties the bucket of 3 ...
     assert_eq!(
@@ -387,7 +372,7 @@ async fn guesses_spread_over_proxy_api_and_introspection_share_one_bucket() {
     // A live token (cached by its use before the guessing) still passes on both listeners:
     // success is never throttled.
     assert_eq!(status(g.addr, "/", Some(&live)).await, StatusCode::OK);
-    assert_eq!(listed(&live).await, StatusCode::OK);
+    assert_eq!(listed(live.clone()).await, StatusCode::OK);
     // The failures were counted where operators look.
     assert_eq!(
         metric(&metrics(g.admin).await, "bentogate_throttle_failures_total"),
