@@ -9,7 +9,7 @@ use bentogate::cli::{self, Cli, Command};
 use bentogate::config::{Config, LogFormat};
 use bentogate::server::{self, Listeners};
 
-use bentogate::store::Writable;
+use bentogate::store::TokenStore;
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 remote.token(command, common.output, out)
             }),
             None => with_token_file(&common, |file, out| {
-                cli::token(command, file.clone(), common.output, out)
+                cli::token(command, file, common.output, out)
             }),
         },
         Command::Member { command, common } => match common.endpoint() {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
                 remote.member(command, common.output, out)
             }),
             None => with_token_file(&common, |file, out| {
-                cli::member(command, file.clone(), common.output, out)
+                cli::member(command, file, common.output, out)
             }),
         },
     }
@@ -57,7 +57,7 @@ fn fail(code: u8, message: &str) -> ExitCode {
 
 fn with_token_file(
     common: &cli::Common,
-    run: impl FnOnce(&Writable, &mut dyn Write) -> Result<(), cli::CliError>,
+    run: impl FnOnce(&dyn TokenStore, &mut dyn Write) -> Result<(), cli::CliError>,
 ) -> ExitCode {
     let config = match cli::load_config(common.config.as_deref()) {
         Ok(c) => c,

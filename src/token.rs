@@ -498,7 +498,7 @@ mod rfc3339 {
     }
 }
 
-mod rfc3339_opt {
+pub(crate) mod rfc3339_opt {
     use crate::clock::{self, UnixSeconds};
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -7,8 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use bentogate::control::{apply_member_change, MemberChange};
-use bentogate::store::file::update;
 use bentogate::token::Scope;
 use common::*;
 use http::StatusCode;
@@ -28,19 +26,7 @@ async fn control_gate(extra_tokens: &str) -> (Upstream, Gate) {
 }
 
 fn add_member(g: &Gate, name: &str, admin: bool) {
-    update(&g.tokens, |f| {
-        apply_member_change(
-            f,
-            MemberChange::Add {
-                name: name.into(),
-                email: Some(format!("{name}@example.com")),
-                admin,
-            },
-        )
-        .unwrap();
-        Ok(())
-    })
-    .unwrap();
+    add_member_to(&g.tokens, name, Some(format!("{name}@example.com")), admin);
 }
 
 /// An API call with the token in the bentoml client's header; returns status and JSON.
@@ -548,7 +534,7 @@ async fn last_use_is_recorded_in_batches_and_flushed_on_shutdown() {
     let mut out = Vec::new();
     bentogate::cli::token(
         bentogate::cli::TokenCommand::Get { uid: uid.clone() },
-        &g.tokens,
+        &file_store(&g.tokens),
         bentogate::cli::Output::Json,
         &mut out,
     )
@@ -964,7 +950,7 @@ async fn the_last_active_admin_cannot_be_removed_or_deactivated() {
         bentogate::cli::MemberCommand::Deactivate { name: "ann".into() },
     ] {
         let mut out = Vec::new();
-        let e = bentogate::cli::member(command, &g.tokens, bentogate::cli::Output::Table, &mut out)
+        let e = bentogate::cli::member(command, &file_store(&g.tokens), bentogate::cli::Output::Table, &mut out)
             .unwrap_err();
         assert_eq!(e.exit_code(), 1);
         assert!(e.to_string().contains("last active admin"), "{e}");

@@ -358,14 +358,17 @@ async fn replicas_share_tokens_and_revocations_reach_the_other_within_a_second()
     let direct = PgSource::connect(pg_config(&db.url()), Arc::new(Metrics::new().unwrap()))
         .await
         .unwrap();
-    direct
-        .update(|f| {
-            let t = f.tokens.iter_mut().find(|t| t.uid == uid2).unwrap();
-            t.expired_at = Some(bentogate::clock::now() - 1);
-            Ok(())
-        })
-        .await
-        .unwrap();
+    let edit = bentogate::store::TokenEdit {
+        expired_at: Some(Some(bentogate::clock::now() - 1)),
+        ..Default::default()
+    };
+    let uid_edited = uid2.clone();
+    tokio::task::spawn_blocking(move || {
+        use bentogate::store::TokenStore;
+        direct.edit(&uid_edited, &edit).unwrap().unwrap()
+    })
+    .await
+    .unwrap();
     let took = within(
         Duration::from_secs(1),
         b.proxy_addrs[0],
@@ -810,9 +813,9 @@ async fn migrate_moves_a_file_store_into_the_database_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens.yaml");
     bentogate::store::file::update(&file, |f| {
-        bentogate::control::apply_member_change(
+        bentogate::store::members::change_file(
             f,
-            bentogate::control::MemberChange::Add {
+            &bentogate::store::MemberChange::Add {
                 name: "ann".into(),
                 email: Some("ann@example.com".into()),
                 admin: true,

@@ -1,15 +1,14 @@
 //! The member commands against the local store: add, remove, promote, deactivate and list.
 //!
-//! The rules of a member change live in `control` (shared with the control-plane API); this
-//! file only maps the command to one and words the outcome. Must never decide a rule itself.
+//! The rules of a member change live in `store::members` (shared with the control-plane API);
+//! this file only maps the command to one and words the outcome. Must never decide a rule itself.
 
 use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{output, read, CliError, Output};
-use crate::control::{apply_member_change, ControlError, MemberChange};
-use crate::store::Writable;
+use super::{output, CliError, Output};
+use crate::store::{MemberChange, MemberRefusal, StoreError, TokenStore};
 
 /// Member commands.
 #[derive(Debug, Subcommand)]
@@ -44,22 +43,20 @@ pub enum MemberCommand {
     List,
 }
 
-/// Runs a member command against `file`, printing to `out`.
+/// Runs a member command against `store`, printing to `out`.
 pub fn member(
     command: MemberCommand,
-    store: impl Into<Writable>,
+    store: &dyn TokenStore,
     format: Output,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let file = &store.into();
     let change = match command {
         MemberCommand::Add { name, email, admin } => MemberChange::Add { name, email, admin },
         MemberCommand::Remove { name } => MemberChange::Remove { name },
         MemberCommand::Promote { name } => MemberChange::Promote { name },
         MemberCommand::Deactivate { name } => MemberChange::Deactivate { name },
         MemberCommand::List => {
-            let f = read(file)?;
-            output::members(out, format, &f.members)?;
+            output::members(out, format, &store.members()?)?;
             return Ok(());
         }
     };
@@ -71,14 +68,12 @@ pub fn member(
     };
     let removal = matches!(change, MemberChange::Remove { .. });
     let deactivation = matches!(change, MemberChange::Deactivate { .. });
-    let killed = file
-        .update(|f| Ok(apply_member_change(f, change)))?
-        .map_err(|e| match e {
-            ControlError::NotFound(m) => {
-                CliError::NotFound(format!("{m}; `bentogate member list` shows them"))
-            }
-            other => CliError::from(other),
-        })?;
+    let killed = store.change_member(&change).map_err(|e| match e {
+        StoreError::Member(r @ MemberRefusal::NoSuchMember) => {
+            CliError::NotFound(format!("{r}; `bentogate member list` shows them"))
+        }
+        other => CliError::from(other),
+    })?;
     let said = if removal {
         format!("{said} and deleted {killed} personal tokens")
     } else if deactivation {

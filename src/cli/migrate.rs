@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::{local_store, output, CliError, Output};
 use crate::config::Config;
-use crate::store::{StoreError, TokenFile, Writable};
+use crate::store::{StoreError, TokenFile};
 
 /// What `migrate` takes: exactly one direction.
 #[derive(Debug, Args)]
@@ -43,27 +43,23 @@ pub fn migrate(args: &MigrateArgs, config: &Config, out: &mut dyn Write) -> Resu
         }
     }
     let local = local_store(config)?;
-    let Writable::Postgres(db) = &local.store else {
-        return Err(CliError::Usage("migrate needs the postgres source".into()));
-    };
     let said = match (&args.from_file, &args.to_file) {
         (Some(from), None) => {
             let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
             let mut file = TokenFile::parse(&text, from)?;
             crate::store::usage::merge(&mut file, &crate::store::usage::read(from));
             let offered = (file.members.len(), file.tokens.len());
-            let (members, tokens) =
-                local.run(|_| tokio::runtime::Handle::current().block_on(db.import(file)))?;
+            let (members, tokens) = local.run(|store| store.import(file))?;
             format!(
                 "imported {members} of {} members and {tokens} of {} tokens from {} into {}; the rest were already there",
                 offered.0,
                 offered.1,
                 from.display(),
-                local.store.describe()
+                local.run(|store| store.describe())
             )
         }
         (None, Some(to)) => {
-            let all = local.run(|store| store.read())?;
+            let all = local.run(|store| store.export())?;
             let counts = (all.members.len(), all.tokens.len());
             crate::store::file::update(to, move |f| {
                 *f = all;
@@ -73,7 +69,7 @@ pub fn migrate(args: &MigrateArgs, config: &Config, out: &mut dyn Write) -> Resu
                 "exported {} members and {} tokens from {} to {}",
                 counts.0,
                 counts.1,
-                local.store.describe(),
+                local.run(|store| store.describe()),
                 to.display()
             )
         }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
-use crate::store::{StoreError, TokenFile, Writable};
+use crate::store::{StoreError, TokenStore};
 pub use check::check;
 pub use member::{member, MemberCommand};
 pub use migrate::{migrate, MigrateArgs};
@@ -126,7 +126,7 @@ pub enum CliError {
     Config(#[from] ConfigError),
     /// The token file could not be read or written.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// The remote control plane refused or could not be reached.
     #[error("{0}")]
     Remote(String),
@@ -156,6 +156,13 @@ impl From<crate::control::ControlError> for CliError {
     }
 }
 
+impl From<StoreError> for CliError {
+    /// A store's refusals read as the control plane words them; its failures keep their text.
+    fn from(e: StoreError) -> Self {
+        CliError::from(crate::control::ControlError::from(e))
+    }
+}
+
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
@@ -178,19 +185,19 @@ impl From<std::io::Error> for CliError {
 
 /// The store a local command works on, with the runtime a database needs.
 pub struct Local {
-    store: Writable,
+    store: std::sync::Arc<dyn TokenStore>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Local {
     /// Runs `f` on the store; database calls inside it are driven by this command's runtime.
-    pub fn run<T>(&self, f: impl FnOnce(&Writable) -> T) -> T {
+    pub fn run<T>(&self, f: impl FnOnce(&dyn TokenStore) -> T) -> T {
         let _entered = self.runtime.as_ref().map(|r| r.enter());
-        f(&self.store)
+        f(&*self.store)
     }
 }
 
-/// The configured store for local commands ([`crate::store::source::open_writable`]), with the
+/// The configured store for local commands ([`crate::store::source::open_store`]), with the
 /// small runtime that drives a database connection while the command blocks on it.
 pub fn local_store(config: &Config) -> Result<Local, CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -201,7 +208,7 @@ pub fn local_store(config: &Config) -> Result<Local, CliError> {
         crate::metrics::Metrics::new().map_err(|e| CliError::Io(e.to_string()))?,
     );
     let store = runtime
-        .block_on(crate::store::source::open_writable(&config.tokens, &metrics))
+        .block_on(crate::store::source::open_store(&config.tokens, &metrics))
         .map_err(|e| match e {
             crate::store::source::OpenError::File(e) => CliError::Store(e),
             crate::store::source::OpenError::Database(e) => CliError::Store(StoreError::from(e)),
@@ -223,8 +230,4 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
         Some(p) => Config::load(p),
         None => Config::embedded(),
     }
-}
-
-fn read(file: &Writable) -> Result<TokenFile, CliError> {
-    Ok(file.read()?)
 }

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 
-use super::{output, read, CliError, Output};
+use super::{output, CliError, Output};
 use crate::clock;
 use crate::control::issuance::{issue, Issuer};
-use crate::control::{matches_search, NewToken};
-use crate::store::{StoreError, Writable};
+use crate::control::NewToken;
+use crate::store::records::{PageQuery, PageStart, Search, Visibility};
+use crate::store::{StoreError, TokenFile, TokenStore};
 use crate::token::{self, Digest, Scope, Scopes, Secret, Token};
 
 /// Token commands.
@@ -23,7 +24,7 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List tokens (never their values).
     List {
-        /// Only tokens whose name, uid or description contains this text.
+        /// Only tokens whose name, uid or description contains this text (any case).
         #[arg(long)]
         search: Option<String>,
     },
@@ -75,47 +76,50 @@ pub struct CreateArgs {
     pub monitoring: bool,
 }
 
-/// Runs a token command against `file`, printing to `out`.
+/// Runs a token command against `store`, printing to `out`.
 pub fn token(
     command: TokenCommand,
-    store: impl Into<Writable>,
+    store: &dyn TokenStore,
     format: Output,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let file = &store.into();
     match command {
         TokenCommand::Create(args) => {
-            let (secret, record) = create(args, file)?;
+            let (secret, record) = create(args, store)?;
             output::created(out, format, &record, &secret)?;
         }
         TokenCommand::List { search } => {
-            let f = read(file)?;
-            let now = clock::now();
-            let hits: Vec<&Token> = f
-                .tokens
-                .iter()
-                .filter(|t| search.as_deref().is_none_or(|s| matches_search(t, s)))
-                .collect();
-            output::tokens(out, format, &hits, now)?;
+            let search = match search.as_deref() {
+                Some(s) => Some(Search::new(s).ok_or_else(|| {
+                    CliError::Usage("--search must not contain control characters".into())
+                })?),
+                None => None,
+            };
+            let mut query = PageQuery {
+                visibility: Visibility::All,
+                search,
+                start: PageStart::Offset(0),
+                count: LIST_PAGE,
+            };
+            // Page by cursor: every token once, whatever changes meanwhile.
+            let mut all = Vec::new();
+            loop {
+                let page = store.page(&query)?;
+                all.extend(page.items);
+                match page.next {
+                    Some(c) => query.start = PageStart::After(c),
+                    None => break,
+                }
+            }
+            let refs: Vec<&Token> = all.iter().collect();
+            output::tokens(out, format, &refs, clock::now())?;
         }
         TokenCommand::Get { uid } => {
-            let f = read(file)?;
-            let t = f
-                .tokens
-                .iter()
-                .find(|t| t.uid == uid)
-                .ok_or_else(|| no_token(&uid))?;
-            output::token(out, format, t, clock::now())?;
+            let t = store.get(&uid)?.ok_or_else(|| no_token(&uid))?;
+            output::token(out, format, &t, clock::now())?;
         }
         TokenCommand::Delete { uid } => {
-            let removed = file
-                .update(|f| {
-                    Ok(f.tokens
-                        .iter()
-                        .position(|t| t.uid == uid)
-                        .map(|i| f.tokens.remove(i)))
-                })?
-                .ok_or_else(|| no_token(&uid))?;
+            let removed = store.delete(&uid)?.ok_or_else(|| no_token(&uid))?;
             output::message(
                 out,
                 format,
@@ -123,7 +127,7 @@ pub fn token(
             )?;
         }
         TokenCommand::Import { file: from } => {
-            let (imported, skipped) = import(&from, file)?;
+            let (imported, skipped) = import(&from, store)?;
             output::message(
                 out,
                 format,
@@ -133,6 +137,9 @@ pub fn token(
     }
     Ok(())
 }
+
+/// Tokens read per page by `token list`.
+const LIST_PAGE: usize = 1000;
 
 fn no_token(uid: &str) -> CliError {
     CliError::NotFound(format!(
@@ -157,7 +164,7 @@ pub(crate) fn expiry(
     Ok(expired_at)
 }
 
-fn create(args: CreateArgs, file: &Writable) -> Result<(Secret, Token), CliError> {
+fn create(args: CreateArgs, store: &dyn TokenStore) -> Result<(Secret, Token), CliError> {
     let now = clock::now();
     let expired_at = expiry(args.expires.as_deref(), now)?;
     let scopes = Scopes::from_slice(&args.scopes);
@@ -178,7 +185,7 @@ fn create(args: CreateArgs, file: &Writable) -> Result<(Secret, Token), CliError
         monitoring: args.monitoring,
     };
     let owner = args.user.as_deref();
-    Ok(issue(file, Issuer::Local { owner }, req)?)
+    Ok(issue(store, Issuer::Local { owner }, req)?)
 }
 
 /// One entry of an import file.
@@ -214,7 +221,7 @@ impl std::fmt::Debug for ImportEntry {
     }
 }
 
-fn import(from: &Path, file: &Writable) -> Result<(usize, usize), CliError> {
+fn import(from: &Path, store: &dyn TokenStore) -> Result<(usize, usize), CliError> {
     let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
     let bad = |line: Option<usize>, message: String| StoreError::Corrupt {
         path: from.display().to_string(),
@@ -267,14 +274,13 @@ fn import(from: &Path, file: &Writable) -> Result<(usize, usize), CliError> {
             ..Token::new(uid, e.name, digest, e.user, now)
         });
     }
-    Ok(file.update(move |f| {
-        let mut known: std::collections::HashSet<Digest> =
-            f.tokens.iter().map(|t| t.digest).collect();
-        let total = records.len();
-        let before = f.tokens.len();
-        f.tokens
-            .extend(records.into_iter().filter(|r| known.insert(r.digest)));
-        let added = f.tokens.len() - before;
-        Ok((added, total - added))
-    })?)
+    // Values repeated inside the import file count once.
+    let mut seen = std::collections::HashSet::new();
+    let total = records.len();
+    records.retain(|r| seen.insert(r.digest));
+    let (_, added) = store.import(TokenFile {
+        tokens: records,
+        ..TokenFile::default()
+    })?;
+    Ok((added, total - added))
 }

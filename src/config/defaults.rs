@@ -56,3 +56,10 @@ pub const DEFAULT_UID_HEADER: &str = "x-bentogate-token-uid";
 pub const DEFAULT_NAME_HEADER: &str = "x-bentogate-token-name";
 /// Default identity header carrying the caller's owner (organization, or the user's name).
 pub const DEFAULT_OWNER_HEADER: &str = "x-bentogate-token-owner";
+
+/// Default location of the file source's last-use times: `<token file>.last-used`, beside it.
+pub fn default_last_used_file(token_file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = token_file.file_name().unwrap_or_default().to_owned();
+    name.push(".last-used");
+    token_file.with_file_name(name)
+}

@@ -108,8 +108,12 @@ pub struct TokensConfig {
     pub cache_ttl: Duration,
     /// Life of a cached negative lookup.
     pub negative_ttl: Duration,
-    /// How often last-use times are flushed to the token file.
+    /// How often last-use times are flushed (file source: to `last_used_file`).
     pub usage_flush: Duration,
+    /// Where the file source keeps last-use times (`<file>.last-used` by default, so a token
+    /// file on a read-only Secret mount can point it at a writable volume); `None` when
+    /// `tokens.last_used_file: off`.
+    pub last_used_file: Option<PathBuf>,
     /// With `source: introspect`, where to ask; none for the file source.
     pub introspect: Option<IntrospectConfig>,
     /// With `source: postgres`, the shared database; none otherwise.

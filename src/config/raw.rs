@@ -109,6 +109,8 @@ pub(super) struct RawTokens {
     #[serde(default)]
     pub(super) usage_flush: Option<Dur>,
     #[serde(default)]
+    pub(super) last_used_file: Option<PathBuf>,
+    #[serde(default)]
     pub(super) introspect: Option<RawIntrospect>,
     #[serde(default)]
     pub(super) postgres: Option<RawPostgres>,

@@ -78,12 +78,25 @@ impl Resolver<'_> {
                 "must be longer than zero; the default is 5s",
             ));
         }
+        let last_used_file = match raw.last_used_file {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(self.error(
+                    "tokens.last_used_file",
+                    &["last_used_file:"],
+                    "give a writable path, or `off` to keep last-use times in memory only",
+                ))
+            }
+            Some(p) => Some(base.join(p)),
+            None => Some(default_last_used_file(&file)),
+        };
         Ok(TokensConfig {
             file,
             cache_capacity,
             cache_ttl,
             negative_ttl,
             usage_flush,
+            last_used_file,
             introspect,
             postgres,
         })

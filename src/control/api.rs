@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use super::view::{self, ApiView};
 use super::{audit, Caller, ControlError, MemberChange, NewToken, Store};
 use crate::clock;
-use crate::store::TokenFile;
-use crate::token::Scopes;
+use crate::store::records::{Cursor, PageStart, TokenEdit};
+use crate::token::{Scopes, Token};
 use crate::validator::{Validator, Verdict};
 
 /// Largest list page served at once.
@@ -75,29 +75,37 @@ impl Api {
             (Method::GET, ["auth", "current"]) => {
                 let c = caller.clone();
                 blocking(Box::new(move |s| {
-                    Ok((StatusCode::OK, user_json(&c, &s.read()?)))
+                    let me = s.member(c.user())?;
+                    Ok((StatusCode::OK, view::user_value(c.user(), me.as_ref())))
                 }))
                 .await
             }
             (Method::GET, ["current_org"]) => {
                 blocking(Box::new(move |s| {
-                    Ok((StatusCode::OK, view::org_json(&s.read()?)))
+                    Ok((StatusCode::OK, view::org_json(&s.organization()?)))
                 }))
                 .await
             }
             (Method::GET, ["api_tokens"]) => {
                 let q = ListQuery::parse(query)?;
                 blocking(Box::new(move |s| {
-                    let file = s.read()?;
-                    let (total, items) =
-                        Store::list(&caller, &file, q.search.as_deref(), q.start, q.count);
-                    let view = ApiView::new(&file);
+                    let page = s.list(&caller, q.search.as_deref(), q.start.clone(), q.count)?;
+                    let view = api_view(s, &page.items)?;
                     let now = clock::now();
-                    let items: Vec<Value> =
-                        items.into_iter().map(|t| view.token(t, now)).collect();
+                    let items: Vec<Value> = page.items.iter().map(|t| view.token(t, now)).collect();
+                    let start = match q.start {
+                        PageStart::Offset(n) => n,
+                        PageStart::After(_) => 0,
+                    };
                     Ok((
                         StatusCode::OK,
-                        json!({ "start": q.start, "count": items.len(), "total": total, "items": items }),
+                        json!({
+                            "start": start,
+                            "count": items.len(),
+                            "total": page.total,
+                            "items": items,
+                            "next": page.next.map(|c| c.to_string()),
+                        }),
                     ))
                 }))
                 .await
@@ -116,7 +124,8 @@ impl Api {
                     };
                     // The subject is the new uid; the name the request chose is not logged.
                     audit::change(&caller, "token.create", &record.uid, Ok(()))?;
-                    let mut body = ApiView::new(&s.read()?).token(&record, clock::now());
+                    let mut body = api_view(s, std::slice::from_ref(&record))?
+                        .token(&record, clock::now());
                     body["token"] = Value::String(secret.expose().to_owned());
                     Ok((StatusCode::OK, body))
                 }))
@@ -125,9 +134,25 @@ impl Api {
             (Method::GET, ["api_tokens", uid]) => {
                 let uid = (*uid).to_owned();
                 blocking(Box::new(move |s| {
-                    let file = s.read()?;
-                    let t = Store::get(&caller, &file, &uid)?;
-                    Ok((StatusCode::OK, ApiView::new(&file).token(t, clock::now())))
+                    let t = s.get(&caller, &uid)?;
+                    let view = api_view(s, std::slice::from_ref(&t))?;
+                    Ok((StatusCode::OK, view.token(&t, clock::now())))
+                }))
+                .await
+            }
+            (Method::PATCH, ["api_tokens", uid]) => {
+                let uid = (*uid).to_owned();
+                let edit = match parse_edit(&body) {
+                    Ok(edit) => edit,
+                    Err(e) => {
+                        return Err(audit::failure(&caller, "token.edit", super::shown_uid(&uid), e))
+                    }
+                };
+                blocking(Box::new(move |s| {
+                    let outcome = s.edit(&caller, &uid, &edit);
+                    let t = audit::change(&caller, "token.edit", super::shown_uid(&uid), outcome)?;
+                    let view = api_view(s, std::slice::from_ref(&t))?;
+                    Ok((StatusCode::OK, view.token(&t, clock::now())))
                 }))
                 .await
             }
@@ -137,10 +162,8 @@ impl Api {
                     let outcome = s.delete(&caller, &uid);
                     let t =
                         audit::change(&caller, "token.delete", super::shown_uid(&uid), outcome)?;
-                    Ok((
-                        StatusCode::OK,
-                        ApiView::new(&s.read()?).token(&t, clock::now()),
-                    ))
+                    let view = api_view(s, std::slice::from_ref(&t))?;
+                    Ok((StatusCode::OK, view.token(&t, clock::now())))
                 }))
                 .await
             }
@@ -315,7 +338,7 @@ fn route_label(path: &str) -> String {
 }
 
 struct ListQuery {
-    start: usize,
+    start: PageStart,
     count: usize,
     search: Option<String>,
 }
@@ -323,7 +346,7 @@ struct ListQuery {
 impl ListQuery {
     fn parse(query: Option<&str>) -> Result<ListQuery, ControlError> {
         let mut q = ListQuery {
-            start: 0,
+            start: PageStart::Offset(0),
             count: 100,
             search: None,
         };
@@ -334,7 +357,16 @@ impl ListQuery {
                 })
             };
             match k.as_ref() {
-                "start" => q.start = number(&v)?,
+                "start" => q.start = PageStart::Offset(number(&v)?),
+                // bentogate's extension: the `next` of the previous page, stable while tokens
+                // are created and deleted.
+                "after" => {
+                    q.start = PageStart::After(Cursor::parse(&v).ok_or_else(|| {
+                        ControlError::Invalid(
+                            "`after` is not a cursor: pass the `next` of the previous page".into(),
+                        )
+                    })?)
+                }
                 "count" => q.count = number(&v)?.min(MAX_PAGE),
                 "search" if !v.is_empty() => q.search = Some(v.into_owned()),
                 _ => {}
@@ -427,8 +459,63 @@ fn parse_create(body: &[u8]) -> Result<NewToken, ControlError> {
     })
 }
 
-fn user_json(caller: &Caller, file: &TokenFile) -> Value {
-    view::user_value(caller.user(), file.member(caller.user()))
+/// The view for `tokens`, with the members they name (one lookup per distinct user).
+fn api_view(s: &Store, tokens: &[Token]) -> Result<ApiView, ControlError> {
+    let mut users: Vec<&str> = tokens.iter().map(|t| t.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut members = Vec::with_capacity(users.len());
+    for user in users {
+        members.extend(s.member(user)?);
+    }
+    Ok(ApiView::new(&s.organization()?, members))
+}
+
+/// The edit body: any of `name`, `description`, `expired_at` (null: never).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    expired_at: Option<Option<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn parse_edit(body: &[u8]) -> Result<TokenEdit, ControlError> {
+    let b: EditBody = serde_json::from_slice(body).map_err(|e| {
+        ControlError::Invalid(json_error(
+            "the edit body",
+            &e,
+            "send JSON with any of `name`, `description` and `expired_at`",
+        ))
+    })?;
+    let expired_at = match b.expired_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(text)) if text.is_empty() => Some(None),
+        Some(Some(text)) => Some(Some(clock::parse_absolute(&text).map_err(|_| {
+            ControlError::Invalid(
+                "`expired_at` is not a time: use RFC 3339 (2026-12-31T23:59:59Z) or null for never"
+                    .into(),
+            )
+        })?)),
+    };
+    Ok(TokenEdit {
+        name: b.name,
+        description: b.description.map(|d| d.filter(|d| !d.is_empty())),
+        expired_at,
+    })
 }
 
 #[cfg(test)]
@@ -513,7 +600,10 @@ mod tests {
     #[test]
     fn list_query_caps_the_page_and_decodes_search() {
         let q = ListQuery::parse(Some("start=5&count=5000&search=my%20tok")).unwrap();
-        assert_eq!((q.start, q.count), (5, MAX_PAGE));
+        assert_eq!((q.start, q.count), (PageStart::Offset(5), MAX_PAGE));
+        let after = ListQuery::parse(Some("after=42.0123456789abcdef0123")).unwrap();
+        assert!(matches!(after.start, PageStart::After(c) if c.created_at == 42));
+        assert!(ListQuery::parse(Some("after=MARKER")).is_err_and(|e| !e.to_string().contains("MARKER")));
         assert_eq!(q.search.as_deref(), Some("my tok"));
         assert!(ListQuery::parse(Some("count=-1")).is_err());
     }

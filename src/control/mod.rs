@@ -1,29 +1,30 @@
 //! The control plane: who may do what to tokens and members, over the writable store (the
 //! token file or the shared database).
 //!
-//! Owns the permission rules of docs/design.md (The control plane) ([`Caller`]) and the operations the HTTP API
-//! ([`api`]) and token introspection ([`introspect`]) expose. Every change goes through the
-//! file store's locked writer and is then reloaded at once, so a token deleted here is refused
-//! by this gateway's data plane before the API answers. HTTP shapes live in [`api`]; errors are
-//! mapped to statuses in one place ([`ControlError::status`]).
+//! Owns the permission rules of docs/design.md (The control plane) ([`Caller`]) and the
+//! operations the HTTP API ([`api`]) and token introspection ([`introspect`]) expose. Each
+//! operation reads the caller and the record it is about through the store's per-record calls
+//! ([`crate::store::TokenStore`]); a change is seen by this gateway's data plane before the API
+//! answers. HTTP shapes live in [`api`]; errors are mapped to statuses in one place
+//! ([`ControlError::status`]), store refusals to errors in one place (`From<StoreError>`).
 
 pub mod api;
 pub mod audit;
 pub mod grant;
 pub mod introspect;
 pub mod issuance;
-pub mod members;
 pub mod view;
 
-pub use members::{
-    apply_member_change, shown_member, valid_member_name, MemberChange, MEMBER_NAME_MAX,
+pub use crate::store::members::{
+    shown_member, valid_member_name, MemberChange, MemberRefusal, MEMBER_NAME_MAX,
 };
 use std::sync::Arc;
 
 use http::StatusCode;
 
 use crate::clock::UnixSeconds;
-use crate::store::{Member, Role, StoreError, TokenFile, TokenSource, Writable};
+use crate::store::records::{Page, PageQuery, PageStart, Search, TokenEdit, Visibility};
+use crate::store::{Member, Organization, Role, StoreError, TokenSource, TokenStore};
 use crate::token::{OwnerKind, Scope, Scopes, Secret, Token};
 
 /// Why a control-plane request was refused.
@@ -46,7 +47,7 @@ pub enum ControlError {
     Conflict(String),
     /// The token file could not be read or written.
     #[error("token store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// This gateway holds no writable store.
     #[error("{0}")]
     Unavailable(String),
@@ -64,6 +65,25 @@ impl ControlError {
             ControlError::Store(StoreError::Database(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<StoreError> for ControlError {
+    /// A store's refusals are the caller's to fix (4xx); its failures are not (5xx).
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotActiveMember(_) => ControlError::Forbidden(e.to_string()),
+            StoreError::Duplicate => ControlError::Conflict(e.to_string()),
+            StoreError::NoAccess => ControlError::Invalid(e.to_string()),
+            StoreError::Member(r) => match r {
+                MemberRefusal::BadName | MemberRefusal::Exists => {
+                    ControlError::Invalid(r.to_string())
+                }
+                MemberRefusal::NoSuchMember => ControlError::NotFound(r.to_string()),
+                MemberRefusal::LastAdmin(_) => ControlError::Conflict(r.to_string()),
+            },
+            other => ControlError::Store(other),
         }
     }
 }
@@ -100,15 +120,21 @@ impl Caller {
         admin && self.token.scopes.contains(Scope::WriteOrganization)
     }
 
-    /// True when the caller may see `t`: her own personal tokens, and organization tokens.
-    pub fn sees(&self, t: &Token) -> bool {
-        match t.kind {
-            OwnerKind::Organization => self.is_member(),
-            OwnerKind::Personal => {
-                t.user == self.token.user && self.token.kind == OwnerKind::Personal
-                    || self.is_admin()
-            }
+    /// Which tokens the caller may see: an admin every token, a member the organization's and
+    /// her own personal ones, an organization token without admin rights the organization's.
+    pub fn visibility(&self) -> Visibility {
+        if self.is_admin() {
+            Visibility::All
+        } else if self.token.kind == OwnerKind::Personal {
+            Visibility::OrganizationAndPersonalOf(self.token.user.clone())
+        } else {
+            Visibility::Organization
         }
+    }
+
+    /// True when the caller may see `t` (what [`Caller::visibility`] lists).
+    pub fn sees(&self, t: &Token) -> bool {
+        self.is_member() && self.visibility().shows(t)
     }
 }
 
@@ -134,11 +160,12 @@ pub struct NewToken {
     pub monitoring: bool,
 }
 
-/// The writable token store behind the control plane.
+/// The token store behind the control plane, with the permission rules applied to each call.
+/// Every call reads the caller and the record it is about, never the whole organization.
 pub struct Store {
-    writable: Writable,
-    /// The source the data plane reads: told to pick up changes at once after a write, and
-    /// before a request is judged.
+    records: Arc<dyn TokenStore>,
+    /// The source the data plane reads: told to pick up changes made by others before a
+    /// request is judged.
     source: Arc<dyn TokenSource>,
 }
 
@@ -147,24 +174,14 @@ impl Store {
     /// `introspect` source).
     pub fn new(source: Arc<dyn TokenSource>) -> Option<Store> {
         Some(Store {
-            writable: source.writable()?,
+            records: Arc::clone(&source).store()?,
             source,
         })
     }
 
-    /// Everything as it is now, with last-use times merged in.
-    pub fn read(&self) -> Result<TokenFile, ControlError> {
-        Ok(self.writable.read()?)
-    }
-
-    /// Applies `change` atomically, then makes the data plane see it at once.
-    pub fn write<T>(
-        &self,
-        change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
-    ) -> Result<T, ControlError> {
-        let out = self.writable.update(change)?;
-        self.refresh();
-        Ok(out)
+    /// The records, for views that need members or the organization.
+    pub fn records(&self) -> &dyn TokenStore {
+        &*self.records
     }
 
     /// Picks up edits made to the file by others (the local CLI, an operator) before a
@@ -183,74 +200,97 @@ impl Store {
             ));
         }
         let member = match token.kind {
-            OwnerKind::Personal => self.writable.member(&token.user)?,
+            OwnerKind::Personal => self.records.member(&token.user)?,
             OwnerKind::Organization => None,
         };
         Ok(Caller { token, member })
     }
 
-    /// The tokens in `file` the caller may see, filtered by `search` (name, uid or description),
-    /// newest first: the total and the page `start..start+count`.
-    pub fn list<'f>(
+    /// One page of the tokens the caller may see, newest first, filtered by `search` (a
+    /// case-insensitive part of the name, uid or description).
+    pub fn list(
+        &self,
         caller: &Caller,
-        file: &'f TokenFile,
         search: Option<&str>,
-        start: usize,
+        start: PageStart,
         count: usize,
-    ) -> (usize, Vec<&'f Token>) {
-        let mut hits: Vec<&Token> = file
-            .tokens
-            .iter()
-            .filter(|t| caller.sees(t) && search.is_none_or(|s| matches_search(t, s)))
-            .collect();
-        hits.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.uid.cmp(&b.uid)));
-        let total = hits.len();
-        let page = hits.into_iter().skip(start).take(count).collect();
-        (total, page)
+    ) -> Result<Page, ControlError> {
+        if !caller.is_member() {
+            return Ok(Page::default());
+        }
+        let search = match search {
+            Some(s) => Some(Search::new(s).ok_or_else(|| {
+                ControlError::Invalid("`search` must not contain control characters".into())
+            })?),
+            None => None,
+        };
+        Ok(self.records.page(&PageQuery {
+            visibility: caller.visibility(),
+            search,
+            start,
+            count,
+        })?)
     }
 
-    /// One token in `file` the caller may see.
-    pub fn get<'f>(
-        caller: &Caller,
-        file: &'f TokenFile,
-        uid: &str,
-    ) -> Result<&'f Token, ControlError> {
-        file.tokens
-            .iter()
-            .find(|t| t.uid == uid && caller.sees(t))
+    /// One token the caller may see.
+    pub fn get(&self, caller: &Caller, uid: &str) -> Result<Token, ControlError> {
+        self.records
+            .get(uid)?
+            .filter(|t| caller.sees(t))
             .ok_or_else(|| no_token(uid))
     }
 
     /// Creates a token for `caller` ([`issuance::issue`]); the value is returned this once and
     /// never kept. The data plane sees the token before this returns.
     pub fn create(&self, caller: &Caller, req: NewToken) -> Result<(Secret, Token), ControlError> {
-        let created = issuance::issue(&self.writable, issuance::Issuer::Caller(caller), req);
-        self.refresh();
-        created
+        issuance::issue(&*self.records, issuance::Issuer::Caller(caller), req)
+    }
+
+    /// The token `uid` if the caller may change it: her own personal tokens for a member; any
+    /// token she sees for an admin.
+    fn changeable(&self, caller: &Caller, uid: &str, what: &str) -> Result<Token, ControlError> {
+        let t = self.get(caller, uid)?;
+        let own = t.kind == OwnerKind::Personal && t.user == caller.user();
+        if !own && !caller.is_admin() {
+            return Err(ControlError::Forbidden(format!(
+                "{what} an organization token needs an admin's token with the `write_organization` scope"
+            )));
+        }
+        Ok(t)
     }
 
     /// Deletes a token: her own personal tokens for a member; any token for an admin.
     pub fn delete(&self, caller: &Caller, uid: &str) -> Result<Token, ControlError> {
-        let caller = caller.clone();
-        let uid = uid.to_owned();
-        let outcome = self.write(move |f| {
-            let Some(i) = f
-                .tokens
-                .iter()
-                .position(|t| t.uid == uid && caller.sees(t))
-            else {
-                return Ok(Err(no_token(&uid)));
-            };
-            let t = &f.tokens[i];
-            let own = t.kind == OwnerKind::Personal && t.user == caller.user();
-            if !own && !caller.is_admin() {
-                return Ok(Err(ControlError::Forbidden(
-                    "deleting an organization token needs an admin's token with the `write_organization` scope".into(),
-                )));
-            }
-            Ok(Ok(f.tokens.remove(i)))
-        })?;
-        outcome
+        self.changeable(caller, uid, "deleting")?;
+        self.records.delete(uid)?.ok_or_else(|| no_token(uid))
+    }
+
+    /// Changes a token's name, description or expiry, under the same rule as deleting it.
+    pub fn edit(&self, caller: &Caller, uid: &str, edit: &TokenEdit) -> Result<Token, ControlError> {
+        self.changeable(caller, uid, "editing")?;
+        if edit.name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ControlError::Invalid("`name` must not be empty".into()));
+        }
+        if edit
+            .expired_at
+            .flatten()
+            .is_some_and(|at| at <= crate::clock::now())
+        {
+            return Err(ControlError::Invalid(
+                "`expired_at` is in the past; give a future time".into(),
+            ));
+        }
+        self.records.edit(uid, edit)?.ok_or_else(|| no_token(uid))
+    }
+
+    /// The organization.
+    pub fn organization(&self) -> Result<Organization, ControlError> {
+        Ok(self.records.organization()?)
+    }
+
+    /// One member, for showing who owns a token.
+    pub fn member(&self, name: &str) -> Result<Option<Member>, ControlError> {
+        Ok(self.records.member(name)?)
     }
 
     /// The members, for any member.
@@ -258,7 +298,7 @@ impl Store {
         if !caller.is_member() {
             return Err(ControlError::Forbidden("only members see members".into()));
         }
-        Ok(self.read()?.members)
+        Ok(self.records.members()?)
     }
 
     /// Adds, removes, promotes or deactivates a member (admins only). Removing one deletes her
@@ -274,15 +314,8 @@ impl Store {
                     .into(),
             ));
         }
-        self.write(move |f| Ok(apply_member_change(f, change)))?
+        Ok(self.records.change_member(&change)?)
     }
-}
-
-/// True when `s` occurs in the token's name, uid or description.
-pub fn matches_search(t: &Token, s: &str) -> bool {
-    t.name.contains(s)
-        || t.uid.contains(s)
-        || t.description.as_deref().is_some_and(|d| d.contains(s))
 }
 
 fn no_token(uid: &str) -> ControlError {

@@ -5,10 +5,12 @@
 //! What it must never do: show a token's value or digest. Only the create paths add the value,
 //! once, beside a view.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use crate::clock::{self, UnixSeconds};
-use crate::store::{Member, TokenFile};
+use crate::store::{Member, Organization};
 use crate::token::{OwnerKind, Token};
 
 /// One token, seen from outside.
@@ -107,25 +109,19 @@ impl TokenView<'_> {
     }
 }
 
-/// A stable uid for the organization, derived from its name (the file stores none).
-fn org_uid(file: &TokenFile) -> String {
-    hex::encode(&crate::token::Digest::of(file.organization.name.as_bytes()).0[..10])
+/// A stable uid for the organization, derived from its name (the stores keep none).
+fn org_uid(org: &Organization) -> String {
+    hex::encode(&crate::token::Digest::of(org.name.as_bytes()).0[..10])
 }
 
 /// The organization in the client's OrganizationSchema.
-pub fn org_json(file: &TokenFile) -> Value {
-    let created = file
-        .tokens
-        .iter()
-        .map(|t| t.created_at)
-        .min()
-        .unwrap_or_else(clock::now);
+pub fn org_json(org: &Organization) -> Value {
     json!({
-        "uid": org_uid(file),
-        "created_at": clock::format(created),
+        "uid": org_uid(org),
+        "created_at": clock::format(org.created_at.unwrap_or(0)),
         "updated_at": null,
         "deleted_at": null,
-        "name": file.organization.name,
+        "name": org.name,
         "resource_type": "organization",
         "labels": [],
         "description": "",
@@ -144,18 +140,19 @@ pub fn user_value(name: &str, member: Option<&Member>) -> Value {
 }
 
 /// Tokens of one organization in BentoCloud's ApiTokenSchema (what the `bentoml` client reads):
-/// the organization object is built once per answer, not per token.
-pub struct ApiView<'f> {
-    file: &'f TokenFile,
+/// the organization object is built once per answer, not per token, and the members shown are
+/// only those who own or made the tokens of the answer.
+pub struct ApiView {
+    members: HashMap<String, Member>,
     org: Value,
 }
 
-impl<'f> ApiView<'f> {
-    /// The view for tokens of `file`.
-    pub fn new(file: &'f TokenFile) -> ApiView<'f> {
+impl ApiView {
+    /// The view for tokens of `org`, with the members they name.
+    pub fn new(org: &Organization, members: impl IntoIterator<Item = Member>) -> ApiView {
         ApiView {
-            file,
-            org: org_json(file),
+            members: members.into_iter().map(|m| (m.name.clone(), m)).collect(),
+            org: org_json(org),
         }
     }
 
@@ -172,7 +169,7 @@ impl<'f> ApiView<'f> {
             "labels": [],
             "description": t.description.clone().unwrap_or_default(),
             "scopes": t.scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-            "user": user_value(&t.user, self.file.member(&t.user)),
+            "user": user_value(&t.user, self.members.get(&t.user)),
             "organization": self.org,
             "expired_at": t.expired_at.map(clock::format),
             "last_used_at": t.last_used_at.map(clock::format),

@@ -7,13 +7,18 @@
 
 pub mod file;
 pub mod format;
+pub mod index;
 pub mod introspect;
+pub mod members;
 pub mod postgres;
+pub mod records;
 pub mod source;
 pub mod usage;
 
 pub use file::FileSource;
-pub use format::{Member, Role, TokenFile};
+pub use format::{Member, Organization, Role, TokenFile};
+pub use members::{MemberChange, MemberRefusal};
+pub use records::{Page, PageQuery, PageStart, TokenEdit, TokenStore, Visibility};
 pub use source::{open, TokenSource};
 
 /// Why a token file could not be read or written.
@@ -40,6 +45,18 @@ pub enum StoreError {
     /// The token database could not be reached or refused the change.
     #[error("{0}")]
     Database(String),
+    /// A personal token for someone who is not an active member.
+    #[error("`{0}` is not an active member, so it cannot own a personal token; add one with `bentogate member add NAME`")]
+    NotActiveMember(String),
+    /// A token with this uid or digest is stored already.
+    #[error("a token with this uid or value exists already")]
+    Duplicate,
+    /// A token that grants nothing.
+    #[error("a token needs at least one kind of access: scopes, deployments, all_deployments or monitoring")]
+    NoAccess,
+    /// A member change the rules refuse.
+    #[error(transparent)]
+    Member(#[from] MemberRefusal),
 }
 
 impl StoreError {
@@ -51,69 +68,9 @@ impl StoreError {
     }
 }
 
-/// A store the CLI and the control plane may change: the token file or the shared database.
-/// Its calls block (files are read and fsynced, the database is awaited on the current
-/// runtime), so async callers run them on the blocking pool.
-#[derive(Clone)]
-pub enum Writable {
-    /// The token file at this path.
-    File(std::path::PathBuf),
-    /// The shared database.
-    Postgres(std::sync::Arc<postgres::PgSource>),
-}
-
-impl Writable {
-    /// Everything, with last-use times merged in.
-    pub fn read(&self) -> Result<TokenFile, StoreError> {
-        match self {
-            Writable::File(path) => usage::load_for_display(path),
-            Writable::Postgres(db) => Ok(wait(db.read())??),
-        }
-    }
-
-    /// Applies `change` atomically: under the file's lock, or in one database transaction.
-    pub fn update<T>(
-        &self,
-        change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        match self {
-            Writable::File(path) => file::update(path, change),
-            Writable::Postgres(db) => wait(db.update(change))?,
-        }
-    }
-
-    /// One member (a control-plane caller's standing) without reading every token.
-    pub fn member(&self, name: &str) -> Result<Option<Member>, StoreError> {
-        match self {
-            Writable::File(_) => Ok(self.read()?.member(name).cloned()),
-            Writable::Postgres(db) => Ok(wait(db.member(name))??),
-        }
-    }
-
-    /// Where the records live, for messages.
-    pub fn describe(&self) -> String {
-        match self {
-            Writable::File(path) => path.display().to_string(),
-            Writable::Postgres(db) => format!("postgres {}", db.describe()),
-        }
-    }
-}
-
-impl From<&std::path::Path> for Writable {
-    fn from(path: &std::path::Path) -> Self {
-        Writable::File(path.to_owned())
-    }
-}
-
-impl From<&std::path::PathBuf> for Writable {
-    fn from(path: &std::path::PathBuf) -> Self {
-        Writable::File(path.clone())
-    }
-}
-
 /// Runs a database call to completion from blocking code, on the runtime this thread belongs
 /// to (a blocking-pool thread, or the CLI's thread after it entered its runtime).
-fn wait<F: std::future::Future>(call: F) -> Result<F::Output, StoreError> {
+pub(crate) fn wait<F: std::future::Future>(call: F) -> Result<F::Output, StoreError> {
     let handle = tokio::runtime::Handle::try_current()
         .map_err(|_| StoreError::Database("no async runtime to reach the database from".into()))?;
     Ok(handle.block_on(call))

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use super::introspect::IntrospectSource;
 use super::postgres::{PgError, PgSource, Session};
-use super::{FileSource, StoreError, Writable};
+use super::records::TokenStore;
+use super::{FileSource, StoreError};
 use crate::clock::UnixSeconds;
 use crate::config::TokensConfig;
 use crate::metrics::Metrics;
@@ -106,8 +107,9 @@ pub trait TokenSource: Send + Sync {
     /// Installs the cache's eviction hook, for sources that announce revocations.
     fn on_evict(&self, _evictor: Evictor) {}
 
-    /// The store the CLI and the control plane change, if this gateway holds one.
-    fn writable(&self) -> Option<Writable> {
+    /// The records the control plane changes, if this gateway holds them (not on the
+    /// `introspect` source: its tokens are managed on its control plane).
+    fn store(self: Arc<Self>) -> Option<Arc<dyn TokenStore>> {
         None
     }
 
@@ -149,28 +151,33 @@ pub async fn open(
             session: Mutex::new(Some(session)),
         }));
     }
-    Ok(Arc::new(FileSource::open(
+    Ok(Arc::new(FileSource::open_with(
         &config.file,
+        config.last_used_file.clone(),
         Arc::clone(metrics),
     )?))
 }
 
-/// The store the local CLI changes for a configuration, picked here like [`open`] picks the
-/// data plane's source: the token file, or the database (connected and migrated, not
-/// listening). A configuration on the `introspect` source has none: its tokens are managed on
-/// its control plane.
-pub async fn open_writable(
+/// The records the local CLI changes for a configuration, picked here like [`open`] picks the
+/// data plane's source: the token file (read once, not watched), or the database (connected
+/// and migrated, not listening). A configuration on the `introspect` source has none: its
+/// tokens are managed on its control plane.
+pub async fn open_store(
     config: &TokensConfig,
     metrics: &Arc<Metrics>,
-) -> Result<Option<Writable>, OpenError> {
+) -> Result<Option<Arc<dyn TokenStore>>, OpenError> {
     if config.introspect.is_some() {
         return Ok(None);
     }
     if let Some(pg) = &config.postgres {
         let db = PgSource::connect(pg.clone(), Arc::clone(metrics)).await?;
-        return Ok(Some(Writable::Postgres(Arc::new(db))));
+        return Ok(Some(Arc::new(db)));
     }
-    Ok(Some(Writable::File(config.file.clone())))
+    Ok(Some(Arc::new(FileSource::open_with(
+        &config.file,
+        config.last_used_file.clone(),
+        Arc::clone(metrics),
+    )?)))
 }
 
 impl TokenSource for FileSource {
@@ -225,8 +232,8 @@ impl TokenSource for FileSource {
         Box::pin(self.flush_usage_logged())
     }
 
-    fn writable(&self) -> Option<Writable> {
-        Some(Writable::File(self.path().to_owned()))
+    fn store(self: Arc<Self>) -> Option<Arc<dyn TokenStore>> {
+        Some(self)
     }
 
     fn refresh(&self) {
@@ -360,8 +367,8 @@ impl TokenSource for Database {
         self.db.set_evictor(evictor);
     }
 
-    fn writable(&self) -> Option<Writable> {
-        Some(Writable::Postgres(Arc::clone(&self.db)))
+    fn store(self: Arc<Self>) -> Option<Arc<dyn TokenStore>> {
+        Some(Arc::clone(&self.db) as Arc<dyn TokenStore>)
     }
 
     fn describe(&self) -> String {

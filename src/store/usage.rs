@@ -1,4 +1,5 @@
-//! Last-use times, kept beside the token file in `<token file>.last-used`.
+//! Last-use times, kept beside the token file in `<token file>.last-used` unless
+//! `tokens.last_used_file` puts them elsewhere (or turns them off).
 //!
 //! Owns that small JSON file (`{"uid": unix seconds, ...}`). It is separate from the token file
 //! so that recording uses never rewrites, reloads or invalidates the token set: under load every
@@ -15,24 +16,21 @@ use crate::clock::UnixSeconds;
 /// uid -> last use.
 pub type Usage = HashMap<String, UnixSeconds>;
 
-/// Where the last-use times of `token_file` live.
-pub fn path_for(token_file: &Path) -> PathBuf {
-    let mut name = token_file.file_name().unwrap_or_default().to_owned();
-    name.push(".last-used");
-    token_file.with_file_name(name)
-}
+/// Where the last-use times of `token_file` live by default.
+pub use crate::config::default_last_used_file as path_for;
 
-/// The recorded times; a missing or unreadable file is empty (they are only informative).
-pub fn read(token_file: &Path) -> Usage {
-    std::fs::read(path_for(token_file))
+/// The times recorded at `path`; a missing or unreadable file is empty (they are only
+/// informative).
+pub fn read(path: &Path) -> Usage {
+    std::fs::read(path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
 }
 
-/// Replaces the file with `usage` (temp file, then rename).
-pub fn write(token_file: &Path, usage: &Usage) -> std::io::Result<()> {
-    let path = path_for(token_file);
+/// Replaces the file at `path` with `usage` (temp file, then rename).
+pub fn write(path: &Path, usage: &Usage) -> std::io::Result<()> {
+    let path = path.to_owned();
     let mut tmp = path.clone().into_os_string();
     tmp.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
@@ -61,6 +59,6 @@ pub fn load_for_display(token_file: &Path) -> Result<TokenFile, super::StoreErro
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
         Err(e) => return Err(super::StoreError::io(token_file, e)),
     };
-    merge(&mut file, &read(token_file));
+    merge(&mut file, &read(&path_for(token_file)));
     Ok(file)
 }

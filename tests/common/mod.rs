@@ -274,6 +274,26 @@ pub fn delete_token(file: &Path, uid: &str) {
 }
 
 /// A plain HTTP/1.1 client with a keep-alive pool.
+/// The token file at `path` as the CLI opens it (a store of its own, not watched).
+pub fn file_store(path: &Path) -> bentogate::store::FileSource {
+    let metrics = std::sync::Arc::new(bentogate::metrics::Metrics::new().unwrap());
+    bentogate::store::FileSource::open(path, metrics).unwrap()
+}
+
+/// Adds a member to the token file at `path`.
+pub fn add_member_to(path: &Path, name: &str, email: Option<String>, admin: bool) {
+    bentogate::store::file::update(path, |f| {
+        let change = bentogate::store::MemberChange::Add {
+            name: name.into(),
+            email,
+            admin,
+        };
+        bentogate::store::members::change_file(f, &change).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }

@@ -1,30 +1,42 @@
-//! What the database is asked: lookups by digest for the data plane, whole-organization reads
-//! and writes for the control plane and the CLI, imports, and last-use batches.
+//! What the database is asked: lookups by digest for the data plane, last-use batches, and the
+//! control plane's operations at the grain of one record ([`TokenStore`]), each one or a few
+//! indexed statements in one transaction.
 //!
 //! Every write that may change a token's standing names it in a NOTIFY in the same transaction;
 //! must never commit a change without one, or another replica keeps serving a revoked token.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::notify::payloads;
 use super::{Eviction, PgError, PgSource, CHANNEL};
+use crate::clock;
 use crate::store::format::{Member, Organization, Role, TokenFile};
-use crate::store::StoreError;
+use crate::store::members::{self, MemberChange};
+use crate::store::records::{Page, PageQuery, PageStart, TokenEdit, TokenStore, Visibility};
+use crate::store::{wait, StoreError};
 use crate::token::{Digest, OwnerKind, Token};
 
-/// Advisory lock key serializing control-plane writes, so none loses another's change.
+/// Advisory lock key serializing member changes and imports (token inserts and deletes lock
+/// only their rows, and a personal insert its owner's member row).
 const WRITE_LOCK: i64 = 0x6265_6e74_6f67_7772;
 
 /// Beyond this many changed tokens one write asks for a whole-cache flush instead.
 const MAX_NAMED_EVICTIONS: usize = 2_000;
 
-/// Whole-organization reads and writes get this many lookup timeouts (30 s by default): they
-/// touch every record, yet must not hang on a dead database either.
-const WRITE_DEADLINE_FACTOR: u32 = 15;
+/// Exports and imports get this many lookup timeouts (30 s by default): they touch every
+/// record they move, yet must not hang on a dead database either.
+const BULK_DEADLINE_FACTOR: u32 = 15;
+
+/// Imported tokens are inserted this many per statement.
+const IMPORT_CHUNK: usize = 5_000;
+
+/// Columns of a token row as read back: the record and its last use.
+const TOKEN_COLUMNS: &str = "record::text, last_used_at";
 
 const LOOKUP: &str = "SELECT t.record::text, t.last_used_at FROM bentogate_tokens t
      WHERE t.digest = $1
@@ -47,91 +59,6 @@ impl PgSource {
             self.metrics.source_failures.inc();
         }
         Ok(found?.map(Arc::new))
-    }
-
-    /// The whole organization, as one consistent snapshot.
-    pub async fn read(&self) -> Result<TokenFile, PgError> {
-        let limit = self.config.timeout * WRITE_DEADLINE_FACTOR;
-        tokio::time::timeout(limit, self.read_snapshot())
-            .await
-            .unwrap_or(Err(PgError::Timeout(limit)))
-    }
-
-    async fn read_snapshot(&self) -> Result<TokenFile, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let file = load(&tx).await?;
-        tx.commit().await?;
-        Ok(file)
-    }
-
-    /// One member, for authorizing a control-plane caller without reading every token.
-    pub async fn member(&self, name: &str) -> Result<Option<Member>, PgError> {
-        self.deadline(async {
-            let client = self.pool.get().await?;
-            let row = client
-                .query_opt(
-                    "SELECT name, email, role, active FROM bentogate_members WHERE name = $1",
-                    &[&name],
-                )
-                .await?;
-            row.map(|r| member_from_row(&r)).transpose()
-        })
-        .await
-    }
-
-    /// Reads the organization, lets `change` edit it, and writes the difference back in one
-    /// transaction under [`WRITE_LOCK`], with a NOTIFY for every token that changed or died.
-    /// Evicts those tokens from this replica's cache before returning.
-    /// Bounded by `timeout` x [`WRITE_DEADLINE_FACTOR`]: a write reads every record.
-    pub async fn update<T>(
-        &self,
-        change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let limit = self.config.timeout * WRITE_DEADLINE_FACTOR;
-        tokio::time::timeout(limit, self.update_in_transaction(change))
-            .await
-            .unwrap_or_else(|_| Err(PgError::Timeout(limit).into()))
-    }
-
-    async fn update_in_transaction<T>(
-        &self,
-        change: impl FnOnce(&mut TokenFile) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut client = self.pool.get().await.map_err(PgError::from)?;
-        let tx = client.transaction().await.map_err(PgError::from)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-            .await
-            .map_err(PgError::from)?;
-        let before = load(&tx).await?;
-        let mut after = before.clone();
-        let out = change(&mut after)?;
-        after.validate().map_err(|message| StoreError::Corrupt {
-            path: self.describe(),
-            line: None,
-            message,
-        })?;
-        let touched = write_difference(&tx, &before, &after).await?;
-        let eviction = if touched.len() > MAX_NAMED_EVICTIONS {
-            Eviction::All
-        } else {
-            Eviction::Tokens(touched)
-        };
-        for payload in payloads(&eviction) {
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-                .await
-                .map_err(PgError::from)?;
-        }
-        tx.commit().await.map_err(PgError::from)?;
-        // Our own notification will come too; evicting now makes this replica refuse a deleted
-        // token before the caller hears the delete succeeded.
-        self.evict(&eviction);
-        Ok(out)
     }
 
     /// Writes last-use times in one statement; only times newer than the stored ones win.
@@ -171,63 +98,697 @@ impl PgSource {
         Ok(fresh.len())
     }
 
-    /// Writes every member and token of `file` into the database (uids, digests, expiries and
-    /// memberships kept); records whose uid is already there are left alone. Returns how many
-    /// members and tokens were added.
-    pub async fn import(&self, file: TokenFile) -> Result<(usize, usize), StoreError> {
-        self.update(move |db| {
-            let members_before = db.members.len();
-            let tokens_before = db.tokens.len();
-            if db.members.is_empty() && db.tokens.is_empty() {
-                db.organization = file.organization;
-            }
-            for m in file.members {
-                if db.member(&m.name).is_none() {
-                    db.members.push(m);
+}
+
+/// Statement parameters built at run time.
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| &**p as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// A LIKE pattern matching `text` anywhere (its own `%`, `_` and `\\` taken literally).
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// The SQL of one page: per visibility branch an ordered index scan, merged when there are two
+/// (a member sees organization tokens and her own), and the statement that counts the total.
+fn page_sql(q: &PageQuery) -> (String, Params, String, Params) {
+    let mut params: Params = Vec::new();
+    let mut shared = Vec::new();
+    if let Some(search) = &q.search {
+        params.push(Box::new(contains_pattern(search.text())));
+        shared.push(format!("search LIKE ${}", params.len()));
+    }
+    let count_params_len = params.len();
+    if let PageStart::After(c) = &q.start {
+        params.push(Box::new(c.created_at));
+        let at = params.len();
+        params.push(Box::new(c.uid.clone()));
+        shared.push(format!(
+            "created_at <= ${at} AND (created_at < ${at} OR uid > ${})",
+            params.len()
+        ));
+    }
+    let branches: Vec<String> = match &q.visibility {
+        Visibility::All => vec![String::new()],
+        Visibility::Organization => vec!["owner IS NULL".into()],
+        Visibility::OrganizationAndPersonalOf(user) => {
+            params.push(Box::new(user.clone()));
+            vec!["owner IS NULL".into(), format!("owner = ${}", params.len())]
+        }
+    };
+    let (skip, count) = match q.start {
+        PageStart::Offset(skip) => (skip as i64, q.count as i64),
+        PageStart::After(_) => (0, q.count as i64),
+    };
+    params.push(Box::new(skip.saturating_add(count)));
+    let reach = params.len();
+    params.push(Box::new(skip));
+    let skip_at = params.len();
+    params.push(Box::new(count));
+    let count_at = params.len();
+    let where_of = |branch: &str| {
+        let conds: Vec<&str> = shared
+            .iter()
+            .map(String::as_str)
+            .chain((!branch.is_empty()).then_some(branch))
+            .collect();
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conds.join(" AND "))
+        }
+    };
+    let items = if branches.len() == 1 {
+        format!(
+            "SELECT {TOKEN_COLUMNS} FROM bentogate_tokens {} ORDER BY created_at DESC, uid
+             LIMIT ${count_at} OFFSET ${skip_at}",
+            where_of(&branches[0])
+        )
+    } else {
+        let union: Vec<String> = branches
+            .iter()
+            .map(|b| {
+                format!(
+                    "(SELECT record, last_used_at, created_at, uid FROM bentogate_tokens {}
+                      ORDER BY created_at DESC, uid LIMIT ${reach})",
+                    where_of(b)
+                )
+            })
+            .collect();
+        format!(
+            "SELECT {TOKEN_COLUMNS} FROM ({}) s ORDER BY created_at DESC, uid
+             LIMIT ${count_at} OFFSET ${skip_at}",
+            union.join(" UNION ALL ")
+        )
+    };
+    // The total: per-owner counts kept by a trigger, or a count of the matches of a search.
+    let mut total_params: Params = Vec::new();
+    let total = match (&q.search, &q.visibility) {
+        (None, Visibility::All) => {
+            "SELECT coalesce(sum(n), 0)::int8 FROM bentogate_token_counts".to_owned()
+        }
+        (None, Visibility::Organization) => {
+            "SELECT coalesce(sum(n), 0)::int8 FROM bentogate_token_counts WHERE owner = ''"
+                .to_owned()
+        }
+        (None, Visibility::OrganizationAndPersonalOf(user)) => {
+            total_params.push(Box::new(user.clone()));
+            "SELECT coalesce(sum(n), 0)::int8 FROM bentogate_token_counts WHERE owner IN ('', $1)"
+                .to_owned()
+        }
+        (Some(search), visibility) => {
+            debug_assert_eq!(count_params_len, 1);
+            total_params.push(Box::new(contains_pattern(search.text())));
+            let owner = match visibility {
+                Visibility::All => String::new(),
+                Visibility::Organization => " AND owner IS NULL".into(),
+                Visibility::OrganizationAndPersonalOf(user) => {
+                    total_params.push(Box::new(user.clone()));
+                    " AND (owner IS NULL OR owner = $2)".into()
                 }
-            }
-            let uids: HashSet<String> = db.tokens.iter().map(|t| t.uid.clone()).collect();
-            db.tokens
-                .extend(file.tokens.into_iter().filter(|t| !uids.contains(&t.uid)));
-            Ok((
-                db.members.len() - members_before,
-                db.tokens.len() - tokens_before,
-            ))
-        })
-        .await
+            };
+            format!("SELECT count(*) FROM bentogate_tokens WHERE search LIKE $1{owner}")
+        }
+    };
+    (items, params, total, total_params)
+}
+
+/// Sends the NOTIFYs for `eviction` inside `tx`: replicas drop those tokens once it commits.
+async fn announce(tx: &Transaction<'_>, eviction: &Eviction) -> Result<(), PgError> {
+    for payload in payloads(eviction) {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+    }
+    Ok(())
+}
+
+/// The eviction for tokens whose standing changed: named, or everything when too many.
+fn eviction_of(digests: Vec<Digest>) -> Eviction {
+    if digests.len() > MAX_NAMED_EVICTIONS {
+        Eviction::All
+    } else {
+        Eviction::Tokens(digests)
     }
 }
 
-/// Reads the whole organization inside `tx`.
-async fn load(tx: &impl GenericClient) -> Result<TokenFile, PgError> {
-    let organization = tx
-        .query_opt("SELECT name FROM bentogate_organization", &[])
-        .await?
-        .map(|r| Organization { name: r.get(0) })
-        .unwrap_or_default();
-    let members = tx
-        .query(
-            "SELECT name, email, role, active FROM bentogate_members ORDER BY name",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(member_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let tokens = tx
-        .query(
-            "SELECT record::text, last_used_at FROM bentogate_tokens ORDER BY uid",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| token_from_row(r, 0, 1))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TokenFile {
-        organization,
-        members,
-        tokens,
-    })
+fn digest_of(r: &Row, i: usize) -> Result<Digest, PgError> {
+    let bytes: &[u8] = r.get(i);
+    bytes
+        .try_into()
+        .map(Digest)
+        .map_err(|_| PgError::Database("a stored digest is not 32 bytes".into()))
+}
+
+impl PgSource {
+    /// Runs `work` (one transaction) under `factor` lookup timeouts.
+    async fn bounded<T>(
+        &self,
+        factor: u32,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.config.timeout * factor;
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err(PgError::Timeout(limit).into()))
+    }
+
+    /// Announces `eviction` in `tx`, commits, then evicts it from this replica's cache (its own
+    /// notification comes too, but the caller must not hear "deleted" while this replica could
+    /// still let the token through).
+    async fn commit(
+        &self,
+        tx: Transaction<'_>,
+        eviction: Option<Eviction>,
+    ) -> Result<(), StoreError> {
+        if let Some(e) = &eviction {
+            announce(&tx, e).await?;
+        }
+        tx.commit().await.map_err(PgError::from)?;
+        if let Some(e) = &eviction {
+            self.evict(e);
+        }
+        Ok(())
+    }
+
+    async fn read<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, PgError>>,
+    ) -> Result<T, StoreError> {
+        Ok(self.deadline(call).await?)
+    }
+
+    async fn organization_now(&self) -> Result<Organization, StoreError> {
+        self.read(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT name, created_at FROM bentogate_organization",
+                    &[],
+                )
+                .await?;
+            Ok(row
+                .map(|r| Organization {
+                    name: r.get(0),
+                    created_at: r.get(1),
+                })
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn get_token(&self, uid: &str) -> Result<Option<Token>, StoreError> {
+        self.read(async {
+            let client = self.pool.get().await?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM bentogate_tokens WHERE uid = $1"
+                ))
+                .await?;
+            let row = client.query_opt(&stmt, &[&uid]).await?;
+            row.map(|r| token_from_row(&r, 0, 1)).transpose()
+        })
+        .await
+    }
+
+    async fn insert_token(&self, t: Token) -> Result<(), StoreError> {
+        let record = record_json(&t)?;
+        self.bounded(1, async move {
+            let mut client = self.pool.get().await.map_err(PgError::from)?;
+            let tx = client.transaction().await.map_err(PgError::from)?;
+            let work: TxResult<_> = async {
+                if t.kind == OwnerKind::Personal {
+                    // FOR SHARE: a removal or deactivation of the owner waits for this insert,
+                    // or this insert sees it.
+                    let active: Option<bool> = tx
+                        .query_opt(
+                            "SELECT active FROM bentogate_members WHERE name = $1 FOR SHARE",
+                            &[&t.user],
+                        )
+                        .await
+                        .map_err(PgError::from)?
+                        .map(|r| r.get(0));
+                    if active != Some(true) {
+                        return Err(StoreError::NotActiveMember(t.user.clone()));
+                    }
+                }
+                let owner = (t.kind == OwnerKind::Personal).then_some(t.user.as_str());
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO bentogate_tokens
+                            (uid, digest, owner, expired_at, last_used_at, record, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                        &[
+                            &t.uid,
+                            &t.digest.0.as_slice(),
+                            &owner,
+                            &t.expired_at,
+                            &t.last_used_at,
+                            &record,
+                            &t.created_at,
+                        ],
+                    )
+                    .await
+                    .map_err(PgError::from)?;
+                if inserted == 0 {
+                    return Err(StoreError::Duplicate);
+                }
+                // Named so replicas drop a cached "unknown" for it.
+                Ok(((), Some(Eviction::Tokens(vec![t.digest]))))
+            }
+            .await;
+            let (out, eviction) = work?;
+            self.commit(tx, eviction).await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_token(&self, uid: String) -> Result<Option<Token>, StoreError> {
+        self.bounded(1, async move {
+            let mut client = self.pool.get().await.map_err(PgError::from)?;
+            let tx = client.transaction().await.map_err(PgError::from)?;
+            let work: TxResult<_> = async {
+                let row = tx
+                    .query_opt(
+                        &format!(
+                            "DELETE FROM bentogate_tokens WHERE uid = $1 RETURNING {TOKEN_COLUMNS}"
+                        ),
+                        &[&uid],
+                    )
+                    .await
+                    .map_err(PgError::from)?;
+                let Some(row) = row else {
+                    return Ok((None, None));
+                };
+                let t = token_from_row(&row, 0, 1)?;
+                let eviction = Eviction::Tokens(vec![t.digest]);
+                Ok((Some(t), Some(eviction)))
+            }
+            .await;
+            let (out, eviction) = work?;
+            self.commit(tx, eviction).await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn edit_token(&self, uid: String, edit: TokenEdit) -> Result<Option<Token>, StoreError> {
+        self.bounded(1, async move {
+            let mut client = self.pool.get().await.map_err(PgError::from)?;
+            let tx = client.transaction().await.map_err(PgError::from)?;
+            let work: TxResult<_> = async {
+                let row = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT {TOKEN_COLUMNS} FROM bentogate_tokens WHERE uid = $1 FOR UPDATE"
+                        ),
+                        &[&uid],
+                    )
+                    .await
+                    .map_err(PgError::from)?;
+                let Some(row) = row else {
+                    return Ok((None, None));
+                };
+                let mut t = token_from_row(&row, 0, 1)?;
+                edit.apply(&mut t, clock::now());
+                tx.execute(
+                    "UPDATE bentogate_tokens SET record = $2, expired_at = $3 WHERE uid = $1",
+                    &[&uid, &record_json(&t)?, &t.expired_at],
+                )
+                .await
+                .map_err(PgError::from)?;
+                let eviction = Eviction::Tokens(vec![t.digest]);
+                Ok((Some(t), Some(eviction)))
+            }
+            .await;
+            let (out, eviction) = work?;
+            self.commit(tx, eviction).await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn page_now(&self, q: &PageQuery) -> Result<Page, StoreError> {
+        let (items_sql, params, total_sql, total_params) = page_sql(q);
+        let (rows, total) = self
+            .read(async {
+                let mut client = self.pool.get().await?;
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let rows = tx.query(&items_sql, &refs(&params)).await?;
+                let total: i64 = tx
+                    .query_one(&total_sql, &refs(&total_params))
+                    .await?
+                    .get(0);
+                tx.commit().await?;
+                Ok((rows, total))
+            })
+            .await?;
+        let items = rows
+            .iter()
+            .map(|r| token_from_row(r, 0, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let query = PageQuery {
+            start: PageStart::Offset(0),
+            ..q.clone()
+        };
+        Ok(Page::cut(items, u64::try_from(total).unwrap_or(0), &query))
+    }
+
+    async fn member_now(&self, name: &str) -> Result<Option<Member>, StoreError> {
+        self.read(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "SELECT name, email, role, active FROM bentogate_members WHERE name = $1",
+                    &[&name],
+                )
+                .await?;
+            row.map(|r| member_from_row(&r)).transpose()
+        })
+        .await
+    }
+
+    async fn members_now(&self) -> Result<Vec<Member>, StoreError> {
+        self.read(async {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    "SELECT name, email, role, active FROM bentogate_members ORDER BY name",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(member_from_row)
+                .collect()
+        })
+        .await
+    }
+
+    async fn change_member_now(&self, change: MemberChange) -> Result<usize, StoreError> {
+        self.bounded(1, async move {
+            let mut client = self.pool.get().await.map_err(PgError::from)?;
+            let tx = client.transaction().await.map_err(PgError::from)?;
+            let work: TxResult<_> = async {
+                let db = |e: tokio_postgres::Error| StoreError::from(PgError::from(e));
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                    .await
+                    .map_err(db)?;
+                let current = tx
+                    .query(
+                        "SELECT name, email, role, active FROM bentogate_members FOR UPDATE",
+                        &[],
+                    )
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(member_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                members::check(&current, &change)?;
+                let name = change.name();
+                let owned = match &change {
+                    MemberChange::Add { .. } => {
+                        if let Some(m) = change.new_member() {
+                            tx.execute(
+                                "INSERT INTO bentogate_members (name, email, role, active)
+                                 VALUES ($1, $2, $3, $4)",
+                                &[&m.name, &m.email, &role_name(m.role), &m.active],
+                            )
+                            .await
+                            .map_err(db)?;
+                        }
+                        Vec::new()
+                    }
+                    MemberChange::Promote { .. } => {
+                        tx.execute(
+                            "UPDATE bentogate_members SET role = 'admin' WHERE name = $1",
+                            &[&name],
+                        )
+                        .await
+                        .map_err(db)?;
+                        Vec::new()
+                    }
+                    MemberChange::Remove { .. } => {
+                        tx.execute("DELETE FROM bentogate_members WHERE name = $1", &[&name])
+                            .await
+                            .map_err(db)?;
+                        tx.query(
+                            "DELETE FROM bentogate_tokens WHERE owner = $1 RETURNING digest",
+                            &[&name],
+                        )
+                        .await
+                        .map_err(db)?
+                    }
+                    MemberChange::Deactivate { .. } => {
+                        tx.execute(
+                            "UPDATE bentogate_members SET active = false WHERE name = $1",
+                            &[&name],
+                        )
+                        .await
+                        .map_err(db)?;
+                        tx.query(
+                            "SELECT digest FROM bentogate_tokens WHERE owner = $1",
+                            &[&name],
+                        )
+                        .await
+                        .map_err(db)?
+                    }
+                };
+                let digests = owned
+                    .iter()
+                    .map(|r| digest_of(r, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let n = digests.len();
+                let eviction = (n > 0).then(|| eviction_of(digests));
+                Ok((n, eviction))
+            }
+            .await;
+            let (out, eviction) = work?;
+            self.commit(tx, eviction).await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Adds the members and tokens of `file` that are not there yet (by name, uid and
+    /// digest), in one transaction, `IMPORT_CHUNK` tokens per statement.
+    pub async fn import(&self, file: TokenFile) -> Result<(usize, usize), StoreError> {
+        file.validate().map_err(|message| StoreError::Corrupt {
+            path: "the imported records".into(),
+            line: None,
+            message,
+        })?;
+        self.bounded(BULK_DEADLINE_FACTOR, async move {
+            let mut client = self.pool.get().await.map_err(PgError::from)?;
+            let tx = client.transaction().await.map_err(PgError::from)?;
+            let work: TxResult<_> = async {
+                let db = |e: tokio_postgres::Error| StoreError::from(PgError::from(e));
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                    .await
+                    .map_err(db)?;
+                let empty: bool = tx
+                    .query_one(
+                        "SELECT NOT EXISTS (SELECT 1 FROM bentogate_members)
+                            AND NOT EXISTS (SELECT 1 FROM bentogate_tokens)",
+                        &[],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get(0);
+                if empty {
+                    let org = &file.organization;
+                    tx.execute(
+                        "INSERT INTO bentogate_organization (id, name, created_at)
+                         VALUES (true, $1, coalesce($2, extract(epoch FROM now())::bigint))
+                         ON CONFLICT (id) DO UPDATE
+                         SET name = excluded.name,
+                             created_at = coalesce($2, bentogate_organization.created_at)",
+                        &[&org.name, &org.created_at],
+                    )
+                    .await
+                    .map_err(db)?;
+                }
+                let mut members = 0;
+                for m in &file.members {
+                    members += tx
+                        .execute(
+                            "INSERT INTO bentogate_members (name, email, role, active)
+                             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                            &[&m.name, &m.email, &role_name(m.role), &m.active],
+                        )
+                        .await
+                        .map_err(db)? as usize;
+                }
+                let mut added = Vec::new();
+                for chunk in file.tokens.chunks(IMPORT_CHUNK) {
+                    let mut uids = Vec::with_capacity(chunk.len());
+                    let mut digests: Vec<&[u8]> = Vec::with_capacity(chunk.len());
+                    let mut owners: Vec<Option<&str>> = Vec::with_capacity(chunk.len());
+                    let mut expiries = Vec::with_capacity(chunk.len());
+                    let mut used = Vec::with_capacity(chunk.len());
+                    let mut records = Vec::with_capacity(chunk.len());
+                    let mut created = Vec::with_capacity(chunk.len());
+                    for t in chunk {
+                        uids.push(t.uid.as_str());
+                        digests.push(t.digest.0.as_slice());
+                        owners.push((t.kind == OwnerKind::Personal).then_some(t.user.as_str()));
+                        expiries.push(t.expired_at);
+                        used.push(t.last_used_at);
+                        records.push(record_json(t)?);
+                        created.push(t.created_at);
+                    }
+                    let rows = tx
+                        .query(
+                            "INSERT INTO bentogate_tokens
+                                (uid, digest, owner, expired_at, last_used_at, record, created_at)
+                             SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::int8[],
+                                                  $5::int8[], $6::jsonb[], $7::int8[])
+                             ON CONFLICT DO NOTHING RETURNING digest",
+                            &[&uids, &digests, &owners, &expiries, &used, &records, &created],
+                        )
+                        .await
+                        .map_err(db)?;
+                    for r in &rows {
+                        added.push(digest_of(r, 0)?);
+                    }
+                }
+                let tokens = added.len();
+                let eviction = (tokens > 0).then(|| eviction_of(added));
+                Ok(((members, tokens), eviction))
+            }
+            .await;
+            let (out, eviction) = work?;
+            self.commit(tx, eviction).await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The whole organization, as one consistent snapshot (`migrate --to-file`).
+    async fn export_now(&self) -> Result<TokenFile, StoreError> {
+        let limit = self.config.timeout * BULK_DEADLINE_FACTOR;
+        let run = async {
+            let mut client = self.pool.get().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let organization = tx
+                .query_opt("SELECT name, created_at FROM bentogate_organization", &[])
+                .await?
+                .map(|r| Organization {
+                    name: r.get(0),
+                    created_at: r.get(1),
+                })
+                .unwrap_or_default();
+            let members = tx
+                .query(
+                    "SELECT name, email, role, active FROM bentogate_members ORDER BY name",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(member_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let tokens = tx
+                .query(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM bentogate_tokens ORDER BY created_at, uid"
+                    ),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| token_from_row(r, 0, 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok::<_, PgError>(TokenFile {
+                organization,
+                members,
+                tokens,
+            })
+        };
+        Ok(tokio::time::timeout(limit, run)
+            .await
+            .unwrap_or(Err(PgError::Timeout(limit)))?)
+    }
+}
+
+/// The work of one transaction: a result, and what replicas must evict once it commits.
+type TxResult<T> = Result<(T, Option<Eviction>), StoreError>;
+
+impl TokenStore for PgSource {
+    fn organization(&self) -> Result<Organization, StoreError> {
+        wait(self.organization_now())?
+    }
+
+    fn get(&self, uid: &str) -> Result<Option<Token>, StoreError> {
+        wait(self.get_token(uid))?
+    }
+
+    fn insert(&self, token: Token) -> Result<(), StoreError> {
+        if !token.has_access() {
+            return Err(StoreError::NoAccess);
+        }
+        wait(self.insert_token(token))?
+    }
+
+    fn delete(&self, uid: &str) -> Result<Option<Token>, StoreError> {
+        wait(self.delete_token(uid.to_owned()))?
+    }
+
+    fn edit(&self, uid: &str, edit: &TokenEdit) -> Result<Option<Token>, StoreError> {
+        wait(self.edit_token(uid.to_owned(), edit.clone()))?
+    }
+
+    fn page(&self, query: &PageQuery) -> Result<Page, StoreError> {
+        wait(self.page_now(query))?
+    }
+
+    fn member(&self, name: &str) -> Result<Option<Member>, StoreError> {
+        wait(self.member_now(name))?
+    }
+
+    fn members(&self) -> Result<Vec<Member>, StoreError> {
+        wait(self.members_now())?
+    }
+
+    fn change_member(&self, change: &MemberChange) -> Result<usize, StoreError> {
+        wait(self.change_member_now(change.clone()))?
+    }
+
+    fn import(&self, file: TokenFile) -> Result<(usize, usize), StoreError> {
+        wait(PgSource::import(self, file))?
+    }
+
+    fn export(&self) -> Result<TokenFile, StoreError> {
+        wait(self.export_now())?
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres {}", PgSource::describe(self))
+    }
 }
 
 fn member_from_row(r: &Row) -> Result<Member, PgError> {
@@ -273,132 +834,3 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// Writes what differs between `before` and `after`; returns the digests of every token whose
-/// standing may have changed (deleted, edited, created, or owned by a member who left or was
-/// deactivated). New tokens are named too, so replicas drop a cached "unknown" for them.
-async fn write_difference(
-    tx: &impl GenericClient,
-    before: &TokenFile,
-    after: &TokenFile,
-) -> Result<Vec<Digest>, StoreError> {
-    let db = |e: tokio_postgres::Error| StoreError::from(PgError::from(e));
-    if before.organization.name != after.organization.name {
-        tx.execute(
-            "INSERT INTO bentogate_organization (id, name) VALUES (true, $1)
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-            &[&after.organization.name],
-        )
-        .await
-        .map_err(db)?;
-    }
-
-    let mut touched: HashSet<Digest> = HashSet::new();
-    let old_members: HashMap<&str, &Member> = before
-        .members
-        .iter()
-        .map(|m| (m.name.as_str(), m))
-        .collect();
-    let new_members: HashMap<&str, &Member> =
-        after.members.iter().map(|m| (m.name.as_str(), m)).collect();
-    let mut standing_changed: HashSet<&str> = HashSet::new();
-    let gone: Vec<&str> = old_members
-        .keys()
-        .filter(|n| !new_members.contains_key(*n))
-        .copied()
-        .collect();
-    standing_changed.extend(gone.iter().copied());
-    if !gone.is_empty() {
-        tx.execute(
-            "DELETE FROM bentogate_members WHERE name = ANY($1)",
-            &[&gone],
-        )
-        .await
-        .map_err(db)?;
-    }
-    for m in &after.members {
-        let old = old_members.get(m.name.as_str());
-        if old.is_some_and(|o| *o == m) {
-            continue;
-        }
-        if old.is_none_or(|o| o.active != m.active) {
-            standing_changed.insert(m.name.as_str());
-        }
-        tx.execute(
-            "INSERT INTO bentogate_members (name, email, role, active) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE
-             SET email = excluded.email, role = excluded.role, active = excluded.active",
-            &[&m.name, &m.email, &role_name(m.role), &m.active],
-        )
-        .await
-        .map_err(db)?;
-    }
-
-    let old_tokens: HashMap<&str, &Token> =
-        before.tokens.iter().map(|t| (t.uid.as_str(), t)).collect();
-    let new_uids: HashSet<&str> = after.tokens.iter().map(|t| t.uid.as_str()).collect();
-    let deleted: Vec<&str> = before
-        .tokens
-        .iter()
-        .filter(|t| !new_uids.contains(t.uid.as_str()))
-        .map(|t| {
-            touched.insert(t.digest);
-            t.uid.as_str()
-        })
-        .collect();
-    if !deleted.is_empty() {
-        tx.execute(
-            "DELETE FROM bentogate_tokens WHERE uid = ANY($1)",
-            &[&deleted],
-        )
-        .await
-        .map_err(db)?;
-    }
-    let mut uids = Vec::new();
-    let mut digests: Vec<&[u8]> = Vec::new();
-    let mut owners: Vec<Option<&str>> = Vec::new();
-    let mut expiries: Vec<Option<i64>> = Vec::new();
-    let mut used: Vec<Option<i64>> = Vec::new();
-    let mut records = Vec::new();
-    for t in &after.tokens {
-        if let Some(o) = old_tokens.get(t.uid.as_str()) {
-            // Last use is bookkeeping (its own column): a record differing only there is the same.
-            let same = if o.last_used_at == t.last_used_at {
-                *o == t
-            } else {
-                let mut o = (*o).clone();
-                o.last_used_at = t.last_used_at;
-                o == *t
-            };
-            if same {
-                continue;
-            }
-            touched.insert(o.digest);
-        }
-        touched.insert(t.digest);
-        uids.push(t.uid.as_str());
-        digests.push(t.digest.0.as_slice());
-        owners.push((t.kind == OwnerKind::Personal).then_some(t.user.as_str()));
-        expiries.push(t.expired_at);
-        used.push(t.last_used_at);
-        records.push(record_json(t)?);
-    }
-    if !uids.is_empty() {
-        tx.execute(
-            "INSERT INTO bentogate_tokens (uid, digest, owner, expired_at, last_used_at, record)
-             SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::int8[], $5::int8[], $6::jsonb[])
-             ON CONFLICT (uid) DO UPDATE
-             SET digest = excluded.digest, owner = excluded.owner,
-                 expired_at = excluded.expired_at, record = excluded.record",
-            &[&uids, &digests, &owners, &expiries, &used, &records],
-        )
-        .await
-        .map_err(db)?;
-    }
-    // A member who left or was deactivated takes her personal tokens with her.
-    for t in before.tokens.iter().chain(&after.tokens) {
-        if t.kind == OwnerKind::Personal && standing_changed.contains(t.user.as_str()) {
-            touched.insert(t.digest);
-        }
-    }
-    Ok(touched.into_iter().collect())
-}

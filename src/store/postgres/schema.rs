@@ -32,7 +32,53 @@ const MIGRATIONS: &[&str] = &[
         record jsonb NOT NULL
      );
      CREATE INDEX bentogate_tokens_owner ON bentogate_tokens (owner) WHERE owner IS NOT NULL;",
+    // 2: operations at the grain of one record. `created_at` orders the listing (newest first,
+    // ties by uid) through indexes, one per visibility; `search` is what a search matches (a
+    // trigram index on it is added when pg_trgm is available, see `SEARCH_INDEX`); token counts
+    // per owner ('' for the organization) are kept by a trigger, so a page's total is not a
+    // count of every row; the organization records its creation time.
+    "ALTER TABLE bentogate_tokens ADD COLUMN created_at bigint;
+     UPDATE bentogate_tokens
+        SET created_at = extract(epoch FROM (record->>'created_at')::timestamptz)::bigint;
+     ALTER TABLE bentogate_tokens ALTER COLUMN created_at SET NOT NULL;
+     ALTER TABLE bentogate_tokens ADD COLUMN search text GENERATED ALWAYS AS (
+        lower(coalesce(record->>'name', '') || E'\\n' || uid || E'\\n'
+              || coalesce(record->>'description', ''))) STORED;
+     CREATE INDEX bentogate_tokens_newest ON bentogate_tokens (created_at DESC, uid);
+     CREATE INDEX bentogate_tokens_org_newest ON bentogate_tokens (created_at DESC, uid)
+        WHERE owner IS NULL;
+     CREATE INDEX bentogate_tokens_owner_newest ON bentogate_tokens (owner, created_at DESC, uid)
+        WHERE owner IS NOT NULL;
+     DROP INDEX bentogate_tokens_owner;
+     CREATE TABLE bentogate_token_counts (owner text PRIMARY KEY, n bigint NOT NULL);
+     INSERT INTO bentogate_token_counts
+        SELECT coalesce(owner, ''), count(*) FROM bentogate_tokens GROUP BY 1;
+     CREATE FUNCTION bentogate_count_tokens() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            UPDATE bentogate_token_counts SET n = n - 1 WHERE owner = coalesce(OLD.owner, '');
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO bentogate_token_counts (owner, n) VALUES (coalesce(NEW.owner, ''), 1)
+            ON CONFLICT (owner) DO UPDATE SET n = bentogate_token_counts.n + 1;
+        END IF;
+        RETURN NULL;
+     END $$;
+     CREATE TRIGGER bentogate_tokens_count
+        AFTER INSERT OR DELETE OR UPDATE OF owner ON bentogate_tokens
+        FOR EACH ROW EXECUTE FUNCTION bentogate_count_tokens();
+     ALTER TABLE bentogate_organization ADD COLUMN created_at bigint;
+     INSERT INTO bentogate_organization (id, name) VALUES (true, 'default') ON CONFLICT DO NOTHING;
+     UPDATE bentogate_organization SET created_at = coalesce(
+        (SELECT min(created_at) FROM bentogate_tokens), extract(epoch FROM now())::bigint);",
 ];
+
+/// The search index: trigrams make a substring search an index lookup. pg_trgm ships with
+/// PostgreSQL (contrib) and is a trusted extension, but a server without it still works: then a
+/// search reads every token (see the README).
+const SEARCH_INDEX: &str = "CREATE EXTENSION IF NOT EXISTS pg_trgm;
+     CREATE INDEX IF NOT EXISTS bentogate_tokens_search
+        ON bentogate_tokens USING gin (search gin_trgm_ops);";
 
 impl PgSource {
     /// Brings the schema to the newest version. Idempotent; replicas starting together queue
@@ -70,6 +116,12 @@ impl PgSource {
                 )
                 .await?;
                 tracing::info!(version, "token database migrated");
+            }
+            // Savepoint: a server without pg_trgm must not undo the migrations.
+            tx.batch_execute("SAVEPOINT search_index").await?;
+            if let Err(e) = tx.batch_execute(SEARCH_INDEX).await {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT search_index").await?;
+                tracing::warn!(error = %PgError::from(e), "no trigram index for token search (pg_trgm unavailable): searches read every token; `CREATE EXTENSION pg_trgm` as a superuser to add it");
             }
             tx.commit().await?;
             Ok(())
