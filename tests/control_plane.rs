@@ -950,8 +950,13 @@ async fn the_last_active_admin_cannot_be_removed_or_deactivated() {
         bentogate::cli::MemberCommand::Deactivate { name: "ann".into() },
     ] {
         let mut out = Vec::new();
-        let e = bentogate::cli::member(command, &file_store(&g.tokens), bentogate::cli::Output::Table, &mut out)
-            .unwrap_err();
+        let e = bentogate::cli::member(
+            command,
+            &file_store(&g.tokens),
+            bentogate::cli::Output::Table,
+            &mut out,
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code(), 1);
         assert!(e.to_string().contains("last active admin"), "{e}");
     }

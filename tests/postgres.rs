@@ -606,7 +606,7 @@ async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
     .await;
     assert_eq!(status(bp, "/a/x", Some(&kept)).await, StatusCode::OK);
     assert_eq!(status(bp, "/a/x", Some(&doomed)).await, StatusCode::OK);
-    let (s, _) = api(
+    let (s, listed) = api(
         b.admin_addr,
         "GET",
         "/api/v1/api_tokens",
@@ -614,7 +614,7 @@ async fn a_lost_database_keeps_cached_tokens_fails_closed_and_recovers() {
         Value::Null,
     )
     .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::OK, "{listed}");
 
     // A silent network: no request waits longer than the lookup timeout (500 ms) on it.
     relay.set(Mode::Blackhole).await;
@@ -786,7 +786,7 @@ async fn replicas_starting_together_migrate_the_schema_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     // A database migrated by a newer bentogate is refused with what to do.
     c.execute("INSERT INTO bentogate_schema (version) VALUES (99)", &[])
         .await
@@ -958,4 +958,84 @@ async fn serve_refuses_to_start_without_its_database_and_says_why() {
         !stderr.contains("s3cret"),
         "the password was printed: {stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_passes_the_store_suite() {
+    let Some(db) = TestDb::new("the_database_passes_the_store_suite").await else {
+        return;
+    };
+    let source = Arc::new(
+        PgSource::connect(pg_config(&db.url()), Arc::new(Metrics::new().unwrap()))
+            .await
+            .unwrap(),
+    );
+    // The store's calls block on this runtime: run them on the blocking pool, like the API.
+    tokio::task::spawn_blocking(move || store_suite::conformance(&*source))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_creating_and_deleting_at_once_lose_and_duplicate_nothing() {
+    let Some(db) =
+        TestDb::new("two_replicas_creating_and_deleting_at_once_lose_and_duplicate_nothing").await
+    else {
+        return;
+    };
+    let u = upstream().await;
+    let root = admin_token(&db.url()).await;
+    let a = replica(&db.url(), u.addr).await;
+    let b = replica(&db.url(), u.addr).await;
+    // Each replica creates 40 tokens and deletes every other one it made, both at once.
+    let churn = |admin: SocketAddr, tag: &'static str| {
+        let root = root.clone();
+        async move {
+            let mut kept = Vec::new();
+            for i in 0..40 {
+                let (uid, value) = create(admin, &root, &format!("{tag}-{i}")).await;
+                if i % 2 == 0 {
+                    delete(admin, &root, &uid).await;
+                } else {
+                    kept.push((uid, value));
+                }
+            }
+            kept
+        }
+    };
+    let (kept_a, kept_b) = tokio::join!(
+        tokio::spawn(churn(a.admin_addr, "a")),
+        tokio::spawn(churn(b.admin_addr, "b"))
+    );
+    let kept: Vec<(String, String)> = kept_a.unwrap().into_iter().chain(kept_b.unwrap()).collect();
+    // Listed by cursor through the other replica: exactly the survivors and the root, once.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/api_tokens?count=7".to_owned();
+    loop {
+        let (s, page) = api(a.admin_addr, "GET", &path, &root, Value::Null).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 41, "{page}");
+        for t in page["items"].as_array().unwrap() {
+            seen.push(t["uid"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/api/v1/api_tokens?count=7&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 41);
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 41, "a token was listed twice");
+    for (uid, value) in &kept {
+        assert!(seen.contains(uid), "{uid} was lost");
+        // Served by both replicas.
+        assert_eq!(
+            status(a.proxy_addrs[0], "/a/x", Some(value)).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(b.proxy_addrs[0], "/a/x", Some(value)).await,
+            StatusCode::OK
+        );
+    }
 }

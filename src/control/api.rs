@@ -124,8 +124,8 @@ impl Api {
                     };
                     // The subject is the new uid; the name the request chose is not logged.
                     audit::change(&caller, "token.create", &record.uid, Ok(()))?;
-                    let mut body = api_view(s, std::slice::from_ref(&record))?
-                        .token(&record, clock::now());
+                    let mut body =
+                        api_view(s, std::slice::from_ref(&record))?.token(&record, clock::now());
                     body["token"] = Value::String(secret.expose().to_owned());
                     Ok((StatusCode::OK, body))
                 }))
@@ -145,7 +145,12 @@ impl Api {
                 let edit = match parse_edit(&body) {
                     Ok(edit) => edit,
                     Err(e) => {
-                        return Err(audit::failure(&caller, "token.edit", super::shown_uid(&uid), e))
+                        return Err(audit::failure(
+                            &caller,
+                            "token.edit",
+                            super::shown_uid(&uid),
+                            e,
+                        ))
                     }
                 };
                 blocking(Box::new(move |s| {
@@ -603,7 +608,8 @@ mod tests {
         assert_eq!((q.start, q.count), (PageStart::Offset(5), MAX_PAGE));
         let after = ListQuery::parse(Some("after=42.0123456789abcdef0123")).unwrap();
         assert!(matches!(after.start, PageStart::After(c) if c.created_at == 42));
-        assert!(ListQuery::parse(Some("after=MARKER")).is_err_and(|e| !e.to_string().contains("MARKER")));
+        assert!(ListQuery::parse(Some("after=MARKER"))
+            .is_err_and(|e| !e.to_string().contains("MARKER")));
         assert_eq!(q.search.as_deref(), Some("my tok"));
         assert!(ListQuery::parse(Some("count=-1")).is_err());
     }

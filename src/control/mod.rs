@@ -266,7 +266,12 @@ impl Store {
     }
 
     /// Changes a token's name, description or expiry, under the same rule as deleting it.
-    pub fn edit(&self, caller: &Caller, uid: &str, edit: &TokenEdit) -> Result<Token, ControlError> {
+    pub fn edit(
+        &self,
+        caller: &Caller,
+        uid: &str,
+        edit: &TokenEdit,
+    ) -> Result<Token, ControlError> {
         self.changeable(caller, uid, "editing")?;
         if edit.name.as_ref().is_some_and(|n| n.trim().is_empty()) {
             return Err(ControlError::Invalid("`name` must not be empty".into()));

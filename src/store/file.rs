@@ -178,9 +178,7 @@ impl FileSource {
             .map_err(|e| StoreError::io(&self.path, e))
             .and_then(|text| {
                 let file = TokenFile::parse(&text, &self.path)?;
-                if file.tokens.is_empty()
-                    && text.trim().is_empty()
-                    && !self.index.load().is_empty()
+                if file.tokens.is_empty() && text.trim().is_empty() && !self.index.load().is_empty()
                 {
                     // An empty file is what a half-done truncate-and-write looks like; deleting
                     // every token takes an explicit `tokens: []`.
@@ -266,7 +264,9 @@ impl FileSource {
         Ok(out)
     }
 
-    /// A record as shown: with the latest of its stored, flushed and unflushed last uses.
+    /// A record as shown: with the later of its stored and its flushed last use (what every
+    /// process reading the files sees; a use not flushed yet shows after `tokens.usage_flush`,
+    /// as with the database).
     fn shown(&self, t: &Token) -> Token {
         let mut t = t.clone();
         let flushed = self
@@ -274,8 +274,7 @@ impl FileSource {
             .lock()
             .ok()
             .and_then(|u| u.written.get(&t.uid).copied());
-        let used = Some(t.used.get()).filter(|&at| at > 0);
-        t.last_used_at = [t.last_used_at, flushed, used].into_iter().flatten().max();
+        t.last_used_at = t.last_used_at.max(flushed);
         t
     }
 
@@ -543,4 +542,3 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     name.push(suffix);
     path.with_file_name(name)
 }
-

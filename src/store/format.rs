@@ -144,7 +144,12 @@ impl TokenFile {
     /// and it parses an order of magnitude faster than block YAML (100,000 tokens well under 1 s).
     pub fn to_text(&self) -> Result<String, std::io::Error> {
         let mut out = Vec::with_capacity(64 + 256 * self.tokens.len());
-        write_file(&mut out, &self.organization, &self.members, self.tokens.iter())?;
+        write_file(
+            &mut out,
+            &self.organization,
+            &self.members,
+            self.tokens.iter(),
+        )?;
         String::from_utf8(out).map_err(std::io::Error::other)
     }
 }

@@ -61,8 +61,13 @@ impl Index {
     pub fn new(file: TokenFile, now: UnixSeconds) -> Index {
         let mut organization = file.organization;
         if organization.created_at.is_none() {
-            organization.created_at =
-                Some(file.tokens.iter().map(|t| t.created_at).min().unwrap_or(now));
+            organization.created_at = Some(
+                file.tokens
+                    .iter()
+                    .map(|t| t.created_at)
+                    .min()
+                    .unwrap_or(now),
+            );
         }
         let active = file
             .members
@@ -147,8 +152,7 @@ impl Index {
         if token.kind == OwnerKind::Personal && !self.active.contains(&token.user) {
             return Err(StoreError::NotActiveMember(token.user));
         }
-        if self.by_uid.contains(token.uid.as_str()) || self.by_digest.contains_key(&token.digest)
-        {
+        if self.by_uid.contains(token.uid.as_str()) || self.by_digest.contains_key(&token.digest) {
             return Err(StoreError::Duplicate);
         }
         if !token.has_access() {
@@ -366,7 +370,8 @@ mod tests {
         let mut f = TokenFile::default();
         for i in 0..50u32 {
             // Ten tokens share each second, so ties are broken by uid.
-            f.tokens.push(token(&format!("u{i:02}"), None, i64::from(i / 10)));
+            f.tokens
+                .push(token(&format!("u{i:02}"), None, i64::from(i / 10)));
         }
         let index = Index::new(f, 100);
         let mut query = PageQuery {

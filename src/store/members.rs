@@ -218,7 +218,13 @@ mod tests {
 
     #[test]
     fn member_names_follow_one_rule_and_are_never_echoed() {
-        for ok in ["ann", "ann.lee", "a_b-c", "ann+ci@example.com", &"x".repeat(64)] {
+        for ok in [
+            "ann",
+            "ann.lee",
+            "a_b-c",
+            "ann+ci@example.com",
+            &"x".repeat(64),
+        ] {
             assert!(valid_member_name(ok), "{ok}");
         }
         let marker = "MARKER";
@@ -267,6 +273,9 @@ mod tests {
         let unknown = MemberChange::Promote {
             name: "MARKER2".into(),
         };
-        assert!(!check(&ms, &unknown).unwrap_err().to_string().contains(marker));
+        assert!(!check(&ms, &unknown)
+            .unwrap_err()
+            .to_string()
+            .contains(marker));
     }
 }

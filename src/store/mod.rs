@@ -46,7 +46,7 @@ pub enum StoreError {
     #[error("{0}")]
     Database(String),
     /// A personal token for someone who is not an active member.
-    #[error("`{0}` is not an active member, so it cannot own a personal token; add one with `bentogate member add NAME`")]
+    #[error("`{0}` is not an active member, so it cannot own a personal token; add one with `bentogate member add {0}`")]
     NotActiveMember(String),
     /// A token with this uid or digest is stored already.
     #[error("a token with this uid or value exists already")]

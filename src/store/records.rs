@@ -61,7 +61,9 @@ impl Cursor {
         let (at, uid) = text.split_once('.')?;
         let valid_uid = !uid.is_empty()
             && uid.len() <= 64
-            && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && uid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         Some(Cursor {
             created_at: at.parse().ok()?,
             uid: valid_uid.then(|| uid.to_owned())?,
@@ -235,7 +237,13 @@ mod tests {
     fn token(uid: &str, at: UnixSeconds, name: &str, description: Option<&str>) -> Token {
         Token {
             description: description.map(str::to_owned),
-            ..Token::new(uid.into(), name.into(), Digest::of(uid.as_bytes()), None, at)
+            ..Token::new(
+                uid.into(),
+                name.into(),
+                Digest::of(uid.as_bytes()),
+                None,
+                at,
+            )
         }
     }
 

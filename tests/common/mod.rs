@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use bentogate::config::Config;
 use bentogate::server::Running;
+pub mod store_suite;
+
 use bentogate::store::file::update;
 use bentogate::token::{Digest, Scope, Scopes, Secret, Token};
 use bytes::Bytes;
@@ -273,7 +275,6 @@ pub fn delete_token(file: &Path, uid: &str) {
     .unwrap();
 }
 
-/// A plain HTTP/1.1 client with a keep-alive pool.
 /// The token file at `path` as the CLI opens it (a store of its own, not watched).
 pub fn file_store(path: &Path) -> bentogate::store::FileSource {
     let metrics = std::sync::Arc::new(bentogate::metrics::Metrics::new().unwrap());
@@ -294,6 +295,7 @@ pub fn add_member_to(path: &Path, name: &str, email: Option<String>, admin: bool
     .unwrap();
 }
 
+/// A plain HTTP/1.1 client with a keep-alive pool.
 pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }

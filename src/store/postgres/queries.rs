@@ -97,17 +97,13 @@ impl PgSource {
         }
         Ok(fresh.len())
     }
-
 }
 
 /// Statement parameters built at run time.
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| &**p as &(dyn ToSql + Sync))
-        .collect()
+    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
 }
 
 /// A LIKE pattern matching `text` anywhere (its own `%`, `_` and `\\` taken literally).
@@ -155,8 +151,13 @@ fn page_sql(q: &PageQuery) -> (String, Params, String, Params) {
         PageStart::Offset(skip) => (skip as i64, q.count as i64),
         PageStart::After(_) => (0, q.count as i64),
     };
-    params.push(Box::new(skip.saturating_add(count)));
-    let reach = params.len();
+    // Each branch of a merge must reach past the rows the outer OFFSET skips.
+    let reach = if branches.len() > 1 {
+        params.push(Box::new(skip.saturating_add(count)));
+        params.len()
+    } else {
+        0
+    };
     params.push(Box::new(skip));
     let skip_at = params.len();
     params.push(Box::new(count));
@@ -296,10 +297,7 @@ impl PgSource {
         self.read(async {
             let client = self.pool.get().await?;
             let row = client
-                .query_opt(
-                    "SELECT name, created_at FROM bentogate_organization",
-                    &[],
-                )
+                .query_opt("SELECT name, created_at FROM bentogate_organization", &[])
                 .await?;
             Ok(row
                 .map(|r| Organization {
@@ -455,10 +453,7 @@ impl PgSource {
                     .start()
                     .await?;
                 let rows = tx.query(&items_sql, &refs(&params)).await?;
-                let total: i64 = tx
-                    .query_one(&total_sql, &refs(&total_params))
-                    .await?
-                    .get(0);
+                let total: i64 = tx.query_one(&total_sql, &refs(&total_params)).await?.get(0);
                 tx.commit().await?;
                 Ok((rows, total))
             })
@@ -663,7 +658,9 @@ impl PgSource {
                              SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::int8[],
                                                   $5::int8[], $6::jsonb[], $7::int8[])
                              ON CONFLICT DO NOTHING RETURNING digest",
-                            &[&uids, &digests, &owners, &expiries, &used, &records, &created],
+                            &[
+                                &uids, &digests, &owners, &expiries, &used, &records, &created,
+                            ],
                         )
                         .await
                         .map_err(db)?;
@@ -833,4 +830,3 @@ fn role_name(r: Role) -> &'static str {
         Role::Member => "member",
     }
 }
-

@@ -1,0 +1,137 @@
+//! The file store at the grain of one record: the shared store suite, a change that is never
+//! parsed back, and the CLI and the server writing one token file at the same time.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bentogate::token::Scope;
+use common::*;
+use http::StatusCode;
+use serde_json::{json, Value};
+
+#[test]
+fn the_file_store_passes_the_store_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir.path().join("tokens.yaml"));
+    store_suite::conformance(&store);
+    // What it wrote reads back as the same records.
+    let again = file_store(&dir.path().join("tokens.yaml"));
+    use bentogate::store::TokenStore;
+    let (a, b) = (store.export().unwrap(), again.export().unwrap());
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.members, b.members);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_the_server_write_one_token_file_at_once_and_nothing_is_lost() {
+    let u = upstream().await;
+    let body = format!(
+        "tokens: {{file: tokens.yaml}}\ndeployments:\n{}",
+        deployment("a", u.addr, "protected", "")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The CLI reads the same configuration file the server was started from.
+    let config_path = dir.path().join("bentogate.yaml");
+    std::fs::write(
+        &config_path,
+        format!("listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\n{body}"),
+    )
+    .unwrap();
+    let g = gate_in(dir, &body).await;
+    let (_, root) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![Scope::Api, Scope::WriteOrganization],
+            all: true,
+            ..Grant::default()
+        },
+    );
+    let reloads = |text: &str| {
+        metric_or_zero(
+            text,
+            "bentogate_token_file_reloads_total{outcome=\"success\"}",
+        )
+    };
+    // Let the watcher see the fixture, then count reloads from here.
+    until_status(g.addr, "/a/x", Some(&root), StatusCode::OK).await;
+    let reloads_before = reloads(&metrics(g.admin).await);
+
+    const EACH: usize = 25;
+    let bin = env!("CARGO_BIN_EXE_bentogate");
+    let config = config_path.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        let mut uids = Vec::new();
+        for i in 0..EACH {
+            let out = std::process::Command::new(bin)
+                .args([
+                    "token",
+                    "create",
+                    &format!("cli-{i}"),
+                    "--deployment",
+                    "a",
+                    "-o",
+                    "json",
+                ])
+                .arg("--config")
+                .arg(&config)
+                .env_remove("BENTOGATE_CONFIG")
+                .env_remove("BENTO_CLOUD_API_ENDPOINT")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            uids.push(v["uid"].as_str().unwrap().to_owned());
+        }
+        uids
+    });
+    let mut api_uids = Vec::new();
+    for i in 0..EACH {
+        let (s, v) = api_call(
+            g.admin,
+            "POST",
+            "/api/v1/api_tokens",
+            &root,
+            json!({"name": format!("api-{i}"), "deployments": ["a"]}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        api_uids.push(v["uid"].as_str().unwrap().to_owned());
+    }
+    let cli_uids = cli.await.unwrap();
+
+    // Every token from both writers is in the file and served; none twice.
+    let file =
+        bentogate::store::TokenFile::parse(&std::fs::read_to_string(&g.tokens).unwrap(), &g.tokens)
+            .unwrap();
+    for uid in api_uids.iter().chain(&cli_uids) {
+        assert_eq!(
+            file.tokens.iter().filter(|t| &t.uid == uid).count(),
+            1,
+            "{uid}"
+        );
+    }
+    assert_eq!(file.tokens.len(), 1 + 2 * EACH);
+    let (s, list) = api_call(
+        g.admin,
+        "GET",
+        "/api/v1/api_tokens?count=1000",
+        &root,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["total"], 1 + 2 * EACH, "{list}");
+
+    // The server never parsed back its own writes: only the CLI's changes were reloads (the
+    // watcher may fold several CLI writes into one reload).
+    let after = reloads(&metrics(g.admin).await);
+    assert!(
+        after - reloads_before <= EACH as f64,
+        "{} reloads for {EACH} CLI writes and {EACH} API writes",
+        after - reloads_before
+    );
+}
