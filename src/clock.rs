@@ -25,8 +25,14 @@ pub struct BadTime {
 
 /// Formats Unix seconds as RFC 3339 in UTC (`2026-11-28T12:00:00Z`).
 pub fn format(t: UnixSeconds) -> String {
+    rfc3339(t).to_string()
+}
+
+/// [`format`] without the allocation: for serializers that write it straight out (the token
+/// file's writer formats two times per record).
+pub fn rfc3339(t: UnixSeconds) -> impl std::fmt::Display {
     let t = u64::try_from(t).unwrap_or(0);
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t)).to_string()
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t))
 }
 
 /// Parses an absolute time: RFC 3339 (with `Z` or a numeric offset), the bentoml client's naive

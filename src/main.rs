@@ -12,6 +12,19 @@ use bentogate::server::{self, Listeners};
 use bentogate::store::TokenStore;
 use clap::Parser;
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!("choose one global allocator: --features mimalloc or --features jemalloc");
+
+/// mimalloc instead of the system allocator, for measuring (bench/control-plane.sh).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// jemalloc instead of the system allocator, for measuring (bench/control-plane.sh).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

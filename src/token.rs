@@ -489,11 +489,12 @@ mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &UnixSeconds, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&clock::format(*t))
+        s.collect_str(&clock::rfc3339(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnixSeconds, D::Error> {
-        let text = String::deserialize(d)?;
+        // Borrowed where the input allows: loading a token file reads two times per record.
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         clock::parse_absolute(&text).map_err(serde::de::Error::custom)
     }
 }
@@ -504,7 +505,7 @@ pub(crate) mod rfc3339_opt {
 
     pub fn serialize<S: Serializer>(t: &Option<UnixSeconds>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.serialize_str(&clock::format(*t)),
+            Some(t) => s.collect_str(&clock::rfc3339(*t)),
             None => s.serialize_none(),
         }
     }

@@ -266,8 +266,16 @@ impl Index {
             hits.clear();
         }
         hits.sort_unstable_by(|a, b| newest_first(a, b));
+        // Only the page itself is copied out, not what an offset skips.
+        if let PageStart::Offset(skip) = query.start {
+            hits.drain(..skip.min(hits.len()));
+        }
         let items = hits.into_iter().map(|t| (**t).clone()).collect();
-        Page::cut(items, total, query)
+        let from_here = PageQuery {
+            start: PageStart::Offset(0),
+            ..query.clone()
+        };
+        Page::cut(items, total, &from_here)
     }
 
     /// Writes the file in one streaming pass: the organization, then one member and one token

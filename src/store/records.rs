@@ -106,13 +106,24 @@ impl Search {
 
     /// True when `t` matches.
     pub fn matches(&self, t: &Token) -> bool {
-        let hit = |field: &str| field.to_lowercase().contains(&self.0);
+        let hit = |field: &str| contains_lowercase(field, &self.0);
         hit(&t.name) || hit(&t.uid) || t.description.as_deref().is_some_and(hit)
     }
 
     /// The lowercased text searched for.
     pub fn text(&self) -> &str {
         &self.0
+    }
+}
+
+/// True when `haystack`, lowercased, contains `needle` (already lowercase). Without an
+/// allocation when both are ASCII (a search reads every record of the file source).
+fn contains_lowercase(haystack: &str, needle: &str) -> bool {
+    if haystack.is_ascii() && needle.is_ascii() {
+        let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+        n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    } else {
+        haystack.to_lowercase().contains(needle)
     }
 }
 
@@ -267,6 +278,9 @@ mod tests {
         for hit in ["deploy", "BOT", "cde", "ly ci", "y-b"] {
             assert!(Search::new(hit).unwrap().matches(&t), "{hit}");
         }
+        let accented = token("x", 1, "Ünïcode Straße", None);
+        assert!(Search::new("üNÏ").unwrap().matches(&accented));
+        assert!(Search::new("STRASSE").is_none_or(|s| !s.matches(&accented)));
         for miss in ["deploybot", "bot\nnightly", "xyz"] {
             assert!(Search::new(miss).is_none_or(|s| !s.matches(&t)), "{miss}");
         }

@@ -12,10 +12,10 @@
 //! drops every cached entry, since notifications sent meanwhile were lost. Every database call
 //! runs under a deadline, so no request waits on a dead database.
 //!
-//! Writes reuse the file store's model: the whole organization is read inside a transaction that
-//! holds an advisory lock, changed by the same closures the file store runs, and the difference
-//! is written back. Control-plane writes therefore cost one read of every record, as they do for
-//! the file store.
+//! Control-plane operations work at the grain of one record ([`crate::store::TokenStore`]): each
+//! is one or a few indexed statements in one transaction, so they cost the same with a million
+//! tokens as with a thousand. Member changes and imports serialize on an advisory lock; a personal
+//! token's insert locks its owner's member row, so it and the owner's removal never interleave.
 //!
 //! # Layout
 //!
@@ -23,7 +23,8 @@
 //! mod.rs      PgSource, its errors and eviction types, accessors of plain fields
 //! pool.rs     connecting, the pool, deadlines, reachability and how the database is named
 //! schema.rs   the migrations, schema versions and the migration lock
-//! queries.rs  lookups, reads, the whole-organization write path, imports, last-use flushes
+//! queries.rs  lookups, last-use flushes, and the per-record operations (TokenStore): get, insert,
+//!             delete, edit, pages and searches, members, imports, the export
 //! notify.rs   LISTEN/NOTIFY: the subscription, reconnects with backoff, evictions, payloads
 //! ```
 //!

@@ -592,7 +592,10 @@ impl PgSource {
             line: None,
             message,
         })?;
-        self.bounded(BULK_DEADLINE_FACTOR, async move {
+        // The deadline grows with the import: each chunk gets the bulk allowance.
+        let chunks = u32::try_from(file.tokens.len() / IMPORT_CHUNK).unwrap_or(u32::MAX);
+        let factor = BULK_DEADLINE_FACTOR.saturating_mul(chunks.saturating_add(1));
+        self.bounded(factor, async move {
             let mut client = self.pool.get().await.map_err(PgError::from)?;
             let tx = client.transaction().await.map_err(PgError::from)?;
             let work: TxResult<_> = async {
@@ -804,7 +807,7 @@ fn member_from_row(r: &Row) -> Result<Member, PgError> {
 
 fn token_from_row(r: &Row, record: usize, last_used: usize) -> Result<Token, PgError> {
     // Read as text: parsing straight into the record is faster than through a JSON value,
-    // which matters when a write reads every record.
+    // which matters for pages and the export.
     let text: &str = r.get(record);
     let mut token: Token = serde_json::from_str(text).map_err(|e| PgError::Corrupt {
         uid: serde_json::from_str::<serde_json::Value>(text)

@@ -35,8 +35,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: operations at the grain of one record. `created_at` orders the listing (newest first,
     // ties by uid) through indexes, one per visibility; `search` is what a search matches (a
     // trigram index on it is added when pg_trgm is available, see `SEARCH_INDEX`); token counts
-    // per owner ('' for the organization) are kept by a trigger, so a page's total is not a
-    // count of every row; the organization records its creation time.
+    // per owner ('' for the organization) are kept by statement triggers (once per statement, not
+    // per row: an import of a million rows must not update one counter a million times), so a
+    // page's total is not a count of every row; a token's owner never changes after insert. The
+    // organization records its creation time.
     "ALTER TABLE bentogate_tokens ADD COLUMN created_at bigint;
      UPDATE bentogate_tokens
         SET created_at = extract(epoch FROM (record->>'created_at')::timestamptz)::bigint;
@@ -53,20 +55,25 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE bentogate_token_counts (owner text PRIMARY KEY, n bigint NOT NULL);
      INSERT INTO bentogate_token_counts
         SELECT coalesce(owner, ''), count(*) FROM bentogate_tokens GROUP BY 1;
-     CREATE FUNCTION bentogate_count_tokens() RETURNS trigger LANGUAGE plpgsql AS $$
+     CREATE FUNCTION bentogate_count_added() RETURNS trigger LANGUAGE plpgsql AS $$
      BEGIN
-        IF TG_OP IN ('DELETE', 'UPDATE') THEN
-            UPDATE bentogate_token_counts SET n = n - 1 WHERE owner = coalesce(OLD.owner, '');
-        END IF;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            INSERT INTO bentogate_token_counts (owner, n) VALUES (coalesce(NEW.owner, ''), 1)
-            ON CONFLICT (owner) DO UPDATE SET n = bentogate_token_counts.n + 1;
-        END IF;
+        INSERT INTO bentogate_token_counts (owner, n)
+            SELECT coalesce(owner, ''), count(*) FROM added GROUP BY 1
+        ON CONFLICT (owner) DO UPDATE SET n = bentogate_token_counts.n + excluded.n;
         RETURN NULL;
      END $$;
-     CREATE TRIGGER bentogate_tokens_count
-        AFTER INSERT OR DELETE OR UPDATE OF owner ON bentogate_tokens
-        FOR EACH ROW EXECUTE FUNCTION bentogate_count_tokens();
+     CREATE FUNCTION bentogate_count_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+        UPDATE bentogate_token_counts c SET n = c.n - r.n
+          FROM (SELECT coalesce(owner, '') AS owner, count(*) AS n FROM removed GROUP BY 1) r
+         WHERE c.owner = r.owner;
+        RETURN NULL;
+     END $$;
+     CREATE TRIGGER bentogate_tokens_added AFTER INSERT ON bentogate_tokens
+        REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION bentogate_count_added();
+     CREATE TRIGGER bentogate_tokens_removed AFTER DELETE ON bentogate_tokens
+        REFERENCING OLD TABLE AS removed FOR EACH STATEMENT
+        EXECUTE FUNCTION bentogate_count_removed();
      ALTER TABLE bentogate_organization ADD COLUMN created_at bigint;
      INSERT INTO bentogate_organization (id, name) VALUES (true, 'default') ON CONFLICT DO NOTHING;
      UPDATE bentogate_organization SET created_at = coalesce(
