@@ -120,9 +120,21 @@ fn contains_pattern(text: &str) -> String {
     p
 }
 
-/// The SQL of one page: per visibility branch an ordered index scan, merged when there are two
-/// (a member sees organization tokens and her own), and the statement that counts the total.
-fn page_sql(q: &PageQuery) -> (String, Params, String, Params) {
+/// The SQL of one page.
+struct PageSql {
+    /// Per visibility branch an ordered index scan, merged when there are two (a member sees
+    /// organization tokens and her own).
+    items: String,
+    params: Params,
+    /// What counts the listing's total.
+    total: String,
+    total_params: Params,
+    /// The items carry the total in a third column (a search by offset: one index scan for
+    /// both; the count statement then runs only for an empty page).
+    windowed: bool,
+}
+
+fn page_sql(q: &PageQuery) -> PageSql {
     let mut params: Params = Vec::new();
     let mut shared = Vec::new();
     if let Some(search) = &q.search {
@@ -174,10 +186,13 @@ fn page_sql(q: &PageQuery) -> (String, Params, String, Params) {
             format!("WHERE {}", conds.join(" AND "))
         }
     };
+    let windowed =
+        q.search.is_some() && branches.len() == 1 && matches!(q.start, PageStart::Offset(_));
     let items = if branches.len() == 1 {
         format!(
-            "SELECT {TOKEN_COLUMNS} FROM bentogate_tokens {} ORDER BY created_at DESC, uid
+            "SELECT {TOKEN_COLUMNS}{} FROM bentogate_tokens {} ORDER BY created_at DESC, uid
              LIMIT ${count_at} OFFSET ${skip_at}",
+            if windowed { ", count(*) OVER ()" } else { "" },
             where_of(&branches[0])
         )
     } else {
@@ -226,7 +241,13 @@ fn page_sql(q: &PageQuery) -> (String, Params, String, Params) {
             format!("SELECT count(*) FROM bentogate_tokens WHERE search LIKE $1{owner}")
         }
     };
-    (items, params, total, total_params)
+    PageSql {
+        items,
+        params,
+        total,
+        total_params,
+        windowed,
+    }
 }
 
 /// Sends the NOTIFYs for `eviction` inside `tx`: replicas drop those tokens once it commits.
@@ -442,7 +463,7 @@ impl PgSource {
     }
 
     async fn page_now(&self, q: &PageQuery) -> Result<Page, StoreError> {
-        let (items_sql, params, total_sql, total_params) = page_sql(q);
+        let sql = page_sql(q);
         let (rows, total) = self
             .read(async {
                 let mut client = self.pool.get().await?;
@@ -452,8 +473,14 @@ impl PgSource {
                     .read_only(true)
                     .start()
                     .await?;
-                let rows = tx.query(&items_sql, &refs(&params)).await?;
-                let total: i64 = tx.query_one(&total_sql, &refs(&total_params)).await?.get(0);
+                let rows = tx.query(&sql.items, &refs(&sql.params)).await?;
+                let total: i64 = match rows.first() {
+                    Some(row) if sql.windowed => row.get(2),
+                    _ => tx
+                        .query_one(&sql.total, &refs(&sql.total_params))
+                        .await?
+                        .get(0),
+                };
                 tx.commit().await?;
                 Ok((rows, total))
             })
