@@ -143,6 +143,7 @@ async fn serve_until_signal(
     tracing::info!(
         proxy_addr = %listeners.proxy_addrs().first().map(|a| a.to_string()).unwrap_or_default(),
         admin_addr = %listeners.admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+        probes_addr = %listeners.probes_addr().map(|a| a.to_string()).unwrap_or_default(),
         config = %config.origin,
         tokens = %config.tokens.file.display(),
         "listening"

@@ -34,7 +34,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const CONFIG: &str = "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\n";
+// No shutdown delay: these tests stop servers nothing routes to (tests/shutdown.rs tests the delay).
+const CONFIG: &str = "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\nshutdown: {delay: 0s}\n";
 
 fn write_config(dir: &Path, upstream: SocketAddr, extra: &str) -> String {
     let text = format!(

@@ -66,8 +66,14 @@ pub struct Config {
     pub origin: String,
     /// Client-facing listeners.
     pub listeners: Vec<ListenerConfig>,
-    /// The admin listener (health, readiness, metrics).
+    /// The admin listener: the token API, introspection and, unless `probes` is set, health,
+    /// readiness and metrics.
     pub admin: SocketAddr,
+    /// The probe listener (`admin.probes`): only `/healthz`, `/readyz` and `/metrics`, so a port
+    /// opened to the kubelet and to Prometheus never exposes the token API.
+    pub probes: Option<SocketAddr>,
+    /// What SIGTERM does, in time (`shutdown`).
+    pub shutdown: ShutdownConfig,
     /// Token source and cache.
     pub tokens: TokensConfig,
     /// What forwarding does to requests.
@@ -82,6 +88,16 @@ pub struct Config {
     pub worker_threads: usize,
     /// Throttling of failed authorization per client address.
     pub throttle: ThrottleConfig,
+}
+
+/// The graceful stop's two periods, so a pod leaves a Service without refusing a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, `/readyz` answers 503 at once but the listeners keep accepting this long,
+    /// while endpoints and load balancers stop sending here.
+    pub delay: Duration,
+    /// Then the listeners close and in-flight requests get this long to finish.
+    pub timeout: Duration,
 }
 
 /// Throttling of failed authorization per client address (a token bucket each).
@@ -229,7 +245,8 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Open connections per listener; beyond, new ones wait in the backlog.
     pub max_connections: usize,
-    /// Time in-flight requests get after SIGTERM.
+    /// Time in-flight requests get after SIGTERM (the same as `shutdown.timeout`, kept for the
+    /// older key `limits.drain_timeout`).
     pub drain_timeout: Duration,
 }
 
