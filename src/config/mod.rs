@@ -38,7 +38,7 @@ pub const EXAMPLE_NAME: &str = "<embedded config.example.yaml>";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config {path}: {source}; check the path given to --config")]
+    #[error("cannot read config {path}: {source}; check the path given to --config (or in BENTOGATE_CONFIG)")]
     Read {
         /// The file.
         path: String,
@@ -404,5 +404,9 @@ mod tests {
         let text = include_str!("../../deploy/container.yaml");
         let c = Config::parse(text, "deploy/container.yaml", Path::new("/")).unwrap();
         assert_eq!(c.tokens.file, Path::new("/var/lib/bentogate/tokens.yaml"));
+        // The token API stays on loopback; the port opened to the kubelet serves probes only.
+        assert!(c.admin.ip().is_loopback(), "{}", c.admin);
+        assert_eq!(c.probes.map(|p| p.port()), Some(9902));
+        assert!(c.listeners[0].address.ip().is_unspecified());
     }
 }

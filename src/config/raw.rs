@@ -134,7 +134,10 @@ pub(super) struct RawTokens {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPostgres {
-    pub(super) url: String,
+    #[serde(default)]
+    pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) url_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) password_file: Option<PathBuf>,
     #[serde(default)]
