@@ -3,6 +3,7 @@
 //! where it should, and the Dockerfile keeps the promises the README makes. The manifests
 //! themselves are linted by deploy/lint/run.sh (kubernetes-validate, checkov, hadolint), which
 //! .ci/run calls.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 //! the balancer takes to notice, no request fails: the listeners keep accepting through the delay,
 //! then close, drain and exit 0. Also: the probe listener (`admin.probes`) serves probes and
 //! metrics and never the token API.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
