@@ -35,9 +35,12 @@ fn main() -> ExitCode {
             Some(endpoint) => with_remote(&endpoint, |remote, out| {
                 remote.token(command, common.output, out)
             }),
-            None => with_token_file(&common, |file, out| {
-                cli::token(command, file.clone(), common.output, out)
-            }),
+            None => match command.refuse_unknown_deployments(common.config.as_deref()) {
+                Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+                Ok(()) => with_token_file(&common, |file, out| {
+                    cli::token(command, file.clone(), common.output, out)
+                }),
+            },
         },
         Command::Member { command, common } => match common.endpoint() {
             Some(endpoint) => with_remote(&endpoint, |remote, out| {
