@@ -391,6 +391,15 @@ fn check_names_file_line_and_key_and_exits_2() {
     let o = run(d, &["check"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("OK"));
+    // ...and says what serve would run: listeners, routes, policies.
+    for want in [
+        "proxy   127.0.0.1:8080",
+        "admin   127.0.0.1:9901",
+        "summarize  host *  prefix /",
+        "policy protected",
+    ] {
+        assert!(stdout(&o).contains(want), "{want}: {}", stdout(&o));
+    }
     // A corrupt token file fails check too.
     std::fs::write(d.join("tokens.yaml"), "tokens: [ {").unwrap();
     assert_eq!(run(d, &["check"]).status.code(), Some(2));
