@@ -2,7 +2,9 @@
 //! (`/api/v1/...`, `/v1/introspect`), which it hands to [`crate::control`].
 //!
 //! Owns what operators and the kubelet poll, and reading request bodies (at most
-//! [`MAX_BODY_BYTES`]). `/healthz` answers while the process serves;
+//! [`MAX_BODY_BYTES`]). With `admin.probes` set, [`Admin::probe`] serves the probe listener:
+//! health, readiness and metrics only, never the control plane, so the port opened to the
+//! kubelet and to Prometheus does not expose the token API. `/healthz` answers while the process serves;
 //! `/readyz` answers 200 while serving (with the token file's state: a rejected file keeps the
 //! last good set and says so here) and 503 while draining; `/metrics` is Prometheus text.
 
@@ -69,16 +71,41 @@ impl Admin {
         if path.starts_with("/api/v1/") || path == "/v1/introspect" {
             return self.control(req, peer).await;
         }
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json(
+        self.observe(req.method(), path).unwrap_or_else(|| {
+            json(
+                StatusCode::NOT_FOUND,
+                r#"{"error":"unknown admin path; try /healthz, /readyz or /metrics"}"#.into(),
+            )
+        })
+    }
+
+    /// Serves one request on the probe listener (`admin.probes`): `/healthz`, `/readyz` and
+    /// `/metrics`, and nothing of the control plane.
+    pub fn probe<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        self.observe(req.method(), req.uri().path())
+            .unwrap_or_else(|| {
+                json(
+                    StatusCode::NOT_FOUND,
+                    r#"{"error":"the probe listener serves /healthz, /readyz and /metrics only; the token API is on admin.address"}"#.into(),
+                )
+            })
+    }
+
+    /// The answers shared by both listeners; `None` for a path that is not theirs.
+    fn observe(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+        if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+            return None;
+        }
+        if method != Method::GET && method != Method::HEAD {
+            return Some(json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 r#"{"error":"use GET"}"#.into(),
-            );
+            ));
         }
-        match req.uri().path() {
+        Some(match path {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             "/readyz" => self.readyz(),
-            "/metrics" => {
+            _ => {
                 self.metrics
                     .cache_entries
                     .set(self.validator.cached_entries() as i64);
@@ -89,11 +116,7 @@ impl Admin {
                 );
                 res
             }
-            _ => json(
-                StatusCode::NOT_FOUND,
-                r#"{"error":"unknown admin path; try /healthz, /readyz or /metrics"}"#.into(),
-            ),
-        }
+        })
     }
 
     async fn control<B>(&self, req: Request<B>, peer: IpAddr) -> Response<Full<Bytes>>
@@ -256,5 +279,33 @@ mod tests {
         let (a, _dir) = admin(true);
         assert_eq!(get(&a, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(get(&a, "/healthz"), StatusCode::OK);
+    }
+
+    #[test]
+    fn the_probe_listener_serves_no_control_plane() {
+        let (a, _dir) = admin(false);
+        let probe = |method: Method, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            a.probe(&req).status()
+        };
+        assert_eq!(probe(Method::GET, "/readyz"), StatusCode::OK);
+        assert_eq!(probe(Method::GET, "/healthz"), StatusCode::OK);
+        assert_eq!(probe(Method::GET, "/metrics"), StatusCode::OK);
+        assert_eq!(
+            probe(Method::POST, "/metrics"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        for path in [
+            "/api/v1/api_tokens",
+            "/v1/introspect",
+            "/api/v1/auth/current",
+        ] {
+            assert_eq!(probe(Method::GET, path), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(probe(Method::POST, path), StatusCode::NOT_FOUND, "{path}");
+        }
     }
 }

@@ -48,9 +48,12 @@ fn main() -> ExitCode {
             Some(endpoint) => with_remote(&endpoint, |remote, out| {
                 remote.token(command, common.output, out)
             }),
-            None => with_token_file(&common, |file, out| {
-                cli::token(command, file, common.output, out)
-            }),
+            None => match command.refuse_unknown_deployments(common.config.as_deref()) {
+                Err(e) => fail(e.exit_code() as u8, &e.to_string()),
+                Ok(()) => with_token_file(&common, |file, out| {
+                    cli::token(command, file, common.output, out)
+                }),
+            },
         },
         Command::Member { command, common } => match common.endpoint() {
             Some(endpoint) => with_remote(&endpoint, |remote, out| {
@@ -156,6 +159,7 @@ async fn serve_until_signal(
     tracing::info!(
         proxy_addr = %listeners.proxy_addrs().first().map(|a| a.to_string()).unwrap_or_default(),
         admin_addr = %listeners.admin_addr().map(|a| a.to_string()).unwrap_or_default(),
+        probes_addr = %listeners.probes_addr().map(|a| a.to_string()).unwrap_or_default(),
         config = %config.origin,
         tokens = %config.tokens.file.display(),
         "listening"

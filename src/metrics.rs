@@ -2,12 +2,62 @@
 //!
 //! Owns every metric bentogate exports. Label handles for routes are resolved once, when the route
 //! table is built ([`RouteMetrics`]), so the request path increments plain counters and never looks
-//! a label up or formats a string.
+//! a label up or formats a string. Upstream pools get theirs once too ([`PoolMetrics`]); the
+//! `process_*` family is read from `/proc` at scrape time ([`process`]), never per request.
+
+mod process;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+/// Why a forwarded request got no response from its upstream, the `kind` label of
+/// `bentogate_upstream_errors_total`: what an operator needs to tell a dead upstream (refused)
+/// from a slow one (timeouts) from a busy gateway (pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// The upstream refused the connection (nothing listens there).
+    ConnectRefused,
+    /// The connection was not made within `forwarding.timeouts.connect`.
+    ConnectTimeout,
+    /// Another connect failure: name resolution, TLS, unreachable network.
+    Connect,
+    /// The upstream did not send response headers within `forwarding.timeouts.response_headers`.
+    Timeout,
+    /// No slot of `forwarding.pool.max_connections_per_upstream` came free in time.
+    PoolTimeout,
+    /// The connection was reset or closed before the response.
+    Reset,
+    /// The upstream spoke something that is not HTTP, or switched protocols unasked.
+    Protocol,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in label-array order.
+    pub const ALL: [UpstreamErrorKind; 7] = [
+        UpstreamErrorKind::ConnectRefused,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::PoolTimeout,
+        UpstreamErrorKind::Reset,
+        UpstreamErrorKind::Protocol,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::ConnectRefused => "connect_refused",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::PoolTimeout => "pool_timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Protocol => "protocol",
+        }
+    }
+}
 
 /// How a request ended, the `outcome` label of `bentogate_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +157,22 @@ pub struct Metrics {
     /// Configuration reloads (SIGHUP or API) by outcome: `success` (applied) or `failure`
     /// (refused; the running configuration stays). Both series exist from start at 0.
     pub config_reloads: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    upstream_connect: HistogramVec,
+    upstream_connections: IntCounterVec,
+    upstream_idle: IntGaugeVec,
+}
+
+/// Pre-resolved handles for one upstream's connection pool, labelled by its address.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    /// Time to open a new connection (TCP, and TLS for https upstreams).
+    pub connect_seconds: Histogram,
+    /// New connections opened.
+    pub connections_opened: IntCounter,
+    /// Idle keep-alive connections kept for the next request.
+    pub idle: IntGauge,
 }
 
 /// Pre-resolved handles for one deployment.
@@ -114,6 +180,8 @@ pub struct Metrics {
 pub struct RouteMetrics {
     outcomes: [IntCounter; Outcome::ALL.len()],
     latency: Histogram,
+    upstream_requests: IntCounter,
+    upstream_errors: [IntCounter; UpstreamErrorKind::ALL.len()],
 }
 
 impl RouteMetrics {
@@ -122,6 +190,17 @@ impl RouteMetrics {
     pub fn record(&self, outcome: Outcome, seconds: f64) {
         self.outcomes[outcome as usize].inc();
         self.latency.observe(seconds);
+    }
+
+    /// Counts one request sent to the upstream.
+    #[inline]
+    pub fn upstream_request(&self) {
+        self.upstream_requests.inc();
+    }
+
+    /// Counts one upstream failure by kind.
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
     }
 }
 
@@ -238,7 +317,57 @@ impl Metrics {
         registry.register(Box::new(tokens_loaded.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(build_info))?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "bentogate_upstream_requests_total",
+                "Requests sent to the upstream, by deployment",
+            ),
+            &["deployment"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "bentogate_upstream_errors_total",
+                "Requests that got no response from the upstream, by deployment and kind",
+            ),
+            &["deployment", "kind"],
+        )?;
+        let upstream_connect = HistogramVec::new(
+            HistogramOpts::new(
+                "bentogate_upstream_connect_duration_seconds",
+                "Time to open a new upstream connection (TCP, and TLS for https), by upstream address",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["upstream"],
+        )?;
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "bentogate_upstream_connections_opened_total",
+                "New upstream connections, by upstream address",
+            ),
+            &["upstream"],
+        )?;
+        let upstream_idle = IntGaugeVec::new(
+            Opts::new(
+                "bentogate_upstream_idle_connections",
+                "Idle keep-alive connections pooled for the next request, by upstream address",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(upstream_connect.clone()))?;
+        registry.register(Box::new(upstream_connections.clone()))?;
+        registry.register(Box::new(upstream_idle.clone()))?;
+        registry.register(Box::new(process::ProcessCollector::new()?))?;
         Ok(Metrics {
+            upstream_requests,
+            upstream_errors,
+            upstream_connect,
+            upstream_connections,
+            upstream_idle,
             registry,
             requests,
             latency,
@@ -266,6 +395,20 @@ impl Metrics {
             outcomes: Outcome::ALL
                 .map(|o| self.requests.with_label_values(&[deployment, o.as_str()])),
             latency: self.latency.with_label_values(&[deployment]),
+            upstream_requests: self.upstream_requests.with_label_values(&[deployment]),
+            upstream_errors: UpstreamErrorKind::ALL.map(|k| {
+                self.upstream_errors
+                    .with_label_values(&[deployment, k.as_str()])
+            }),
+        }
+    }
+
+    /// Resolves the handles of one upstream pool (`host:port`).
+    pub fn for_pool(&self, upstream: &str) -> PoolMetrics {
+        PoolMetrics {
+            connect_seconds: self.upstream_connect.with_label_values(&[upstream]),
+            connections_opened: self.upstream_connections.with_label_values(&[upstream]),
+            idle: self.upstream_idle.with_label_values(&[upstream]),
         }
     }
 

@@ -17,13 +17,27 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bentogate"))
 }
 
+/// Runs the binary in `dir`, on `dir/bentogate.yaml` (through BENTOGATE_CONFIG) when
+/// [`routes_a_and_b`] wrote one, else on the embedded configuration.
 fn run(dir: &Path, args: &[&str]) -> Output {
-    bin()
-        .current_dir(dir)
+    let mut cmd = bin();
+    cmd.current_dir(dir)
         .args(args)
-        .env_remove("BENTOGATE_CONFIG")
-        .output()
-        .unwrap()
+        .env_remove("BENTOGATE_CONFIG");
+    if dir.join("bentogate.yaml").exists() {
+        cmd.env("BENTOGATE_CONFIG", dir.join("bentogate.yaml"));
+    }
+    cmd.output().unwrap()
+}
+
+/// A configuration in `dir` that routes deployments `a` and `b`, which `token create
+/// --deployment` is checked against; its token file is `dir/tokens.yaml`, as the embedded one's.
+fn routes_a_and_b(dir: &Path) {
+    std::fs::write(
+        dir.join("bentogate.yaml"),
+        "deployments:\n  - {name: a, path_prefix: /a, upstream: \"http://127.0.0.1:1\", policy: protected}\n  - {name: b, path_prefix: /b, upstream: \"http://127.0.0.1:1\", policy: protected}\n",
+    )
+    .unwrap();
 }
 
 fn stdout(o: &Output) -> String {
@@ -38,7 +52,8 @@ const CONFIG: &str = "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {address: 
 
 fn write_config(dir: &Path, upstream: SocketAddr, extra: &str) -> String {
     let text = format!(
-        "{CONFIG}{extra}deployments:\n  - name: a\n    upstream: \"http://{upstream}\"\n    policy: protected\n    public_paths: [/readyz]\n"
+        // No shutdown delay: nothing routes to these servers (tests/shutdown.rs tests the delay).
+        "{CONFIG}shutdown: {{delay: 0s}}\n{extra}deployments:\n  - name: a\n    upstream: \"http://{upstream}\"\n    policy: protected\n    public_paths: [/readyz]\n"
     );
     std::fs::write(dir.join("bentogate.yaml"), text).unwrap();
     dir.join("bentogate.yaml").display().to_string()
@@ -48,6 +63,7 @@ fn write_config(dir: &Path, upstream: SocketAddr, extra: &str) -> String {
 fn token_commands_print_the_value_once_and_never_again() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    routes_a_and_b(d);
     let created = run(
         d,
         &[
@@ -158,8 +174,22 @@ fn token_commands_print_the_value_once_and_never_again() {
 fn token_create_refuses_bad_input_with_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cases: [(&[&str], &str); 5] = [
+    routes_a_and_b(d);
+    let cases: [(&[&str], &str); 6] = [
         (&["token", "create", "x"], "at least one kind of access"),
+        // A deployment no route names: refused, and the ones that exist are listed.
+        (
+            &[
+                "token",
+                "create",
+                "x",
+                "--deployment",
+                "a",
+                "--deployment",
+                "nosuch",
+            ],
+            "no route in",
+        ),
         (
             &[
                 "token",
@@ -206,6 +236,12 @@ fn token_create_refuses_bad_input_with_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
+    let o = run(d, &["token", "create", "x", "--deployment", "nosuch"]);
+    assert!(
+        stderr(&o).contains("`nosuch`; its deployments are: a, b"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -256,6 +292,7 @@ fn members_are_added_promoted_and_removed_with_their_tokens() {
 fn the_last_active_admin_cannot_be_removed_or_deactivated_locally() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    routes_a_and_b(d);
     assert!(run(d, &["member", "add", "ann", "--admin"])
         .status
         .success());
@@ -354,6 +391,15 @@ fn check_names_file_line_and_key_and_exits_2() {
     let o = run(d, &["check"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("OK"));
+    // ...and says what serve would run: listeners, routes, policies.
+    for want in [
+        "proxy   127.0.0.1:8080",
+        "admin   127.0.0.1:9901",
+        "summarize  host *  prefix /",
+        "policy protected",
+    ] {
+        assert!(stdout(&o).contains(want), "{want}: {}", stdout(&o));
+    }
     // A corrupt token file fails check too.
     std::fs::write(d.join("tokens.yaml"), "tokens: [ {").unwrap();
     assert_eq!(run(d, &["check"]).status.code(), Some(2));

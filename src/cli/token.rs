@@ -17,6 +17,31 @@ use crate::store::records::{PageQuery, PageStart, Search, Visibility};
 use crate::store::{StoreError, TokenFile, TokenStore};
 use crate::token::{self, Digest, Scope, Scopes, Secret, Token};
 
+impl TokenCommand {
+    /// `create --deployment NAME` must name a deployment the configuration routes (at `config`,
+    /// or the embedded one): a token for a name no route has would pass nowhere, and a typo
+    /// would go unnoticed until a caller gets 403. Says which deployments exist.
+    pub fn refuse_unknown_deployments(&self, config: Option<&Path>) -> Result<(), CliError> {
+        let TokenCommand::Create(args) = self else {
+            return Ok(());
+        };
+        if args.deployments.is_empty() {
+            return Ok(());
+        }
+        let config = super::load_config(config)?;
+        let routed = |name: &str| config.deployments.iter().any(|d| d.name == name);
+        if let Some(unknown) = args.deployments.iter().find(|n| !routed(n)) {
+            let known: Vec<&str> = config.deployments.iter().map(|d| d.name.as_str()).collect();
+            return Err(CliError::Usage(format!(
+                "no route in {} is named `{unknown}`; its deployments are: {} (use one of them, or --all-deployments)",
+                config.origin,
+                known.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Token commands.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {

@@ -34,8 +34,12 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit on open client connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default time in-flight requests get to finish after SIGTERM.
+/// Default time in-flight requests get to finish after SIGTERM (`shutdown.timeout`).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time the listeners keep accepting after SIGTERM while `/readyz` says 503
+/// (`shutdown.delay`): long enough for Kubernetes to take the pod out of a Service's endpoints
+/// and for load balancers to stop sending, so no connection is refused while it still routes here.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// Default refill of each client's failure bucket.
 pub const DEFAULT_THROTTLE_PER_MINUTE: u32 = 30;
 /// Default failures a client may make at once.

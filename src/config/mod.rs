@@ -38,7 +38,7 @@ pub const EXAMPLE_NAME: &str = "<embedded config.example.yaml>";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config {path}: {source}; check the path given to --config")]
+    #[error("cannot read config {path}: {source}; check the path given to --config (or in BENTOGATE_CONFIG)")]
     Read {
         /// The file.
         path: String,
@@ -66,8 +66,14 @@ pub struct Config {
     pub origin: String,
     /// Client-facing listeners.
     pub listeners: Vec<ListenerConfig>,
-    /// The admin listener (health, readiness, metrics).
+    /// The admin listener: the token API, introspection and, unless `probes` is set, health,
+    /// readiness and metrics.
     pub admin: SocketAddr,
+    /// The probe listener (`admin.probes`): only `/healthz`, `/readyz` and `/metrics`, so a port
+    /// opened to the kubelet and to Prometheus never exposes the token API.
+    pub probes: Option<SocketAddr>,
+    /// What SIGTERM does, in time (`shutdown`).
+    pub shutdown: ShutdownConfig,
     /// Token source and cache.
     pub tokens: TokensConfig,
     /// What forwarding does to requests.
@@ -82,6 +88,16 @@ pub struct Config {
     pub worker_threads: usize,
     /// Throttling of failed authorization per client address.
     pub throttle: ThrottleConfig,
+}
+
+/// The graceful stop's two periods, so a pod leaves a Service without refusing a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, `/readyz` answers 503 at once but the listeners keep accepting this long,
+    /// while endpoints and load balancers stop sending here.
+    pub delay: Duration,
+    /// Then the listeners close and in-flight requests get this long to finish.
+    pub timeout: Duration,
 }
 
 /// Throttling of failed authorization per client address (a token bucket each).
@@ -233,7 +249,8 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Open connections per listener; beyond, new ones wait in the backlog.
     pub max_connections: usize,
-    /// Time in-flight requests get after SIGTERM.
+    /// Time in-flight requests get after SIGTERM (the same as `shutdown.timeout`, kept for the
+    /// older key `limits.drain_timeout`).
     pub drain_timeout: Duration,
 }
 
@@ -391,5 +408,9 @@ mod tests {
         let text = include_str!("../../deploy/container.yaml");
         let c = Config::parse(text, "deploy/container.yaml", Path::new("/")).unwrap();
         assert_eq!(c.tokens.file, Path::new("/var/lib/bentogate/tokens.yaml"));
+        // The token API stays on loopback; the port opened to the kubelet serves probes only.
+        assert!(c.admin.ip().is_loopback(), "{}", c.admin);
+        assert_eq!(c.probes.map(|p| p.port()), Some(9902));
+        assert!(c.listeners[0].address.ip().is_unspecified());
     }
 }

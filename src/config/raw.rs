@@ -50,6 +50,15 @@ pub(super) struct RawConfig {
     pub(super) runtime: RawRuntime,
     #[serde(default)]
     pub(super) throttle: RawThrottle,
+    #[serde(default)]
+    pub(super) shutdown: RawShutdown,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShutdown {
+    pub(super) delay: Option<Dur>,
+    pub(super) timeout: Option<Dur>,
 }
 
 #[derive(Deserialize, Default)]
@@ -86,13 +95,21 @@ pub(super) struct RawCertificate {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
+    #[serde(default = "default_admin")]
     pub(super) address: SocketAddr,
+    #[serde(default)]
+    pub(super) probes: Option<SocketAddr>,
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from_str(DEFAULT_ADMIN).unwrap_or(([127, 0, 0, 1], 9901).into())
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
-            address: SocketAddr::from_str(DEFAULT_ADMIN).unwrap_or(([127, 0, 0, 1], 9901).into()),
+            address: default_admin(),
+            probes: None,
         }
     }
 }
@@ -119,7 +136,10 @@ pub(super) struct RawTokens {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPostgres {
-    pub(super) url: String,
+    #[serde(default)]
+    pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) url_file: Option<PathBuf>,
     #[serde(default)]
     pub(super) password_file: Option<PathBuf>,
     #[serde(default)]

@@ -14,10 +14,10 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use super::defaults::*;
-use super::raw::{Dur, RawConfig, RawForwarding, RawLimits, RawListener, RawThrottle};
+use super::raw::{Dur, RawConfig, RawForwarding, RawLimits, RawListener, RawShutdown, RawThrottle};
 use super::{
     is_hop_by_hop, CertificatePair, Config, ConfigError, ForwardingConfig, IdentityHeaders, Limits,
-    ListenerConfig, LogConfig, ThrottleConfig,
+    ListenerConfig, LogConfig, ShutdownConfig, ThrottleConfig,
 };
 use crate::yaml;
 
@@ -76,7 +76,8 @@ impl Resolver<'_> {
         };
         let tokens = self.tokens(raw.tokens, base)?;
         let forwarding = self.forwarding(raw.forwarding, base)?;
-        let limits = self.limits(raw.limits)?;
+        let drain_timeout_set = raw.limits.drain_timeout.is_some();
+        let mut limits = self.limits(raw.limits)?;
         let deployments = self.deployments(raw.deployments, forwarding.merge_slashes)?;
         let log = LogConfig {
             format: raw.log.format,
@@ -93,10 +94,22 @@ impl Resolver<'_> {
                 ),
             ));
         }
+        let shutdown = self.shutdown(&raw.shutdown, &limits, drain_timeout_set)?;
+        limits.drain_timeout = shutdown.timeout;
+        let probes = raw.admin.probes;
+        if probes.is_some_and(|p| p == raw.admin.address && p.port() != 0) {
+            return Err(self.error(
+                "admin.probes",
+                &["probes:"],
+                "must differ from admin.address: the probe listener exists to keep the token API off the probe port; pick another port, e.g. 0.0.0.0:9902",
+            ));
+        }
         Ok(Config {
             origin: self.origin.to_owned(),
             listeners,
             admin: raw.admin.address,
+            probes,
+            shutdown,
             tokens,
             forwarding,
             limits,
@@ -104,6 +117,31 @@ impl Resolver<'_> {
             log,
             worker_threads: raw.runtime.worker_threads,
             throttle: self.throttle(raw.throttle)?,
+        })
+    }
+
+    /// `shutdown.delay` and `shutdown.timeout`; the older `limits.drain_timeout` still sets the
+    /// timeout, but not together with `shutdown.timeout`.
+    fn shutdown(
+        &self,
+        raw: &RawShutdown,
+        limits: &Limits,
+        drain_timeout_set: bool,
+    ) -> Result<ShutdownConfig, ConfigError> {
+        let timeout = match (raw.timeout, drain_timeout_set) {
+            (Some(_), true) => {
+                return Err(self.error(
+                    "shutdown.timeout",
+                    &["shutdown:", "timeout:"],
+                    "limits.drain_timeout is the older name of the same setting; keep only shutdown.timeout",
+                ))
+            }
+            (Some(t), false) => t.0,
+            (None, _) => limits.drain_timeout,
+        };
+        Ok(ShutdownConfig {
+            delay: raw.delay.map_or(DEFAULT_SHUTDOWN_DELAY, |d| d.0),
+            timeout,
         })
     }
 
@@ -461,6 +499,39 @@ mod tests {
             format!("{MINIMAL}forwarding:\n  identity_headers:\n    token_uid: authorization\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn shutdown_and_probes_are_read() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.shutdown.delay, super::DEFAULT_SHUTDOWN_DELAY);
+        assert_eq!(c.shutdown.timeout, super::DEFAULT_DRAIN_TIMEOUT);
+        assert_eq!(c.probes, None);
+        let c = parse(&format!(
+            "{MINIMAL}admin: {{address: 127.0.0.1:9901, probes: 0.0.0.0:9902}}\nshutdown: {{delay: 0s, timeout: 7s}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.probes, Some(SocketAddr::from(([0, 0, 0, 0], 9902))));
+        assert_eq!(c.shutdown.delay, std::time::Duration::ZERO);
+        assert_eq!(c.limits.drain_timeout, std::time::Duration::from_secs(7));
+        // The older key still sets the timeout, but not beside the new one.
+        let c = parse(&format!("{MINIMAL}limits: {{drain_timeout: 9s}}\n")).unwrap();
+        assert_eq!(c.shutdown.timeout, std::time::Duration::from_secs(9));
+        let e = parse(&format!(
+            "{MINIMAL}limits: {{drain_timeout: 9s}}\nshutdown:\n  timeout: 3s\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("test.yaml:7: shutdown.timeout: "), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}admin:\n  address: 0.0.0.0:9901\n  probes: 0.0.0.0:9901\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("test.yaml:7: admin.probes: must differ"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -103,7 +103,36 @@ impl Resolver<'_> {
     }
 
     fn postgres(&self, raw: RawPostgres, base: &Path) -> Result<PostgresConfig, ConfigError> {
-        let mut settings = tokio_postgres::Config::from_str(&raw.url).map_err(|e| {
+        // The URL in the file, or in a file of its own (a mounted Kubernetes Secret), never both.
+        let url = match (raw.url, raw.url_file) {
+            (Some(url), None) => url,
+            (None, Some(path)) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.error(
+                        "tokens.postgres.url_file",
+                        &["url_file:"],
+                        format!("cannot read {}: {e}; mount the Secret holding the connection URL there", path.display()),
+                    )
+                })?;
+                text.trim().to_owned()
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    "tokens.postgres.url_file",
+                    &["url_file:"],
+                    "give the connection URL once: either url or url_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.error(
+                    "tokens.postgres.url",
+                    &["postgres:"],
+                    "missing: write url: postgres://bentogate@db:5432/bentogate, or url_file: a file holding it",
+                ))
+            }
+        };
+        let mut settings = tokio_postgres::Config::from_str(&url).map_err(|e| {
             self.error(
                 "tokens.postgres.url",
                 &["url:"],
@@ -145,7 +174,7 @@ impl Resolver<'_> {
             ));
         }
         Ok(PostgresConfig {
-            url: raw.url,
+            url,
             settings,
             pool_size,
             timeout: self.positive(
@@ -253,6 +282,43 @@ mod tests {
             .to_string();
         assert!(
             e.contains("tokens.postgres.password_file") && e.contains("nope"),
+            "{e}"
+        );
+        // The URL from a file of its own (a mounted Secret), trimmed; not beside `url`.
+        std::fs::write(
+            dir.path().join("pg-url"),
+            "postgres://bg:s3cret@db:5432/tokens\n",
+        )
+        .unwrap();
+        let from_file =
+            format!("{MINIMAL}tokens:\n  source: postgres\n  postgres: {{ url_file: pg-url }}\n");
+        let c = Config::parse(&from_file, "test.yaml", dir.path()).unwrap();
+        assert_eq!(
+            c.tokens.postgres.unwrap().settings.get_dbname(),
+            Some("tokens")
+        );
+        let both = from_file.replace(
+            "url_file: pg-url",
+            "url_file: pg-url, url: \"postgres://db/x\"",
+        );
+        let e = Config::parse(&both, "test.yaml", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokens.postgres.url_file: give the connection URL once"),
+            "{e}"
+        );
+        let neither = from_file.replace("url_file: pg-url", "pool_size: 2");
+        let e = Config::parse(&neither, "test.yaml", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokens.postgres.url: missing"), "{e}");
+        let absent = from_file.replace("url_file: pg-url", "url_file: nope");
+        let e = Config::parse(&absent, "test.yaml", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tokens.postgres.url_file: cannot read") && !e.contains("s3cret"),
             "{e}"
         );
         let stray = format!("{MINIMAL}tokens:\n  postgres: {{ url: \"postgres://db/x\" }}\n");

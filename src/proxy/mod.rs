@@ -9,12 +9,17 @@
 //! 5. **forward**: pooled client, response-headers timeout (502, 504);
 //! 6. **respond**: the upstream's body streams through frame by frame; an accepted WebSocket
 //!    upgrade becomes a byte tunnel between the two connections (no other upgrade is forwarded);
-//! 7. **log**: one metrics update and one access-log line.
+//! 7. **log**: one metrics update and one access-log line (client address, host, method,
+//!    normalized path, status, declared bytes in and out, duration, request id, token uid).
+//!
+//! Every request carries an `X-Request-Id` ([`request_id`]): the client's if sane, else a new
+//! one; the upstream receives it and the client gets it back, refusals included.
 //!
 //! Every answer the gateway gives itself is a [`Reject`], turned into HTTP in one place.
 
 pub mod headers;
 pub mod reject;
+pub mod request_id;
 pub mod target;
 pub mod upstream;
 
@@ -37,13 +42,14 @@ use ipnet::IpNet;
 use crate::auth::{self, Credentials};
 use crate::clock;
 use crate::config::{Config, ForwardingConfig, Policy, UpstreamProtocol};
-use crate::metrics::{Metrics, Outcome, RouteMetrics};
+use crate::metrics::{Metrics, Outcome, RouteMetrics, UpstreamErrorKind};
 use crate::path::PathError;
 use crate::route::{Route, RouteTable};
 use crate::throttle::Throttle;
 use crate::token::Token;
 use crate::validator::{Validator, Verdict};
 pub use reject::Reject;
+use request_id::{RequestIds, X_REQUEST_ID};
 use upstream::{UpstreamBody, UpstreamClient};
 
 /// What a client receives: the upstream's streamed body, or a short body of our own.
@@ -65,6 +71,8 @@ pub struct Gateway<C = HttpsConnector<HttpConnector>, B = Incoming> {
     trusted_proxies: Box<[IpNet]>,
     throttle_failures: prometheus::IntCounter,
     throttle_clients: prometheus::IntGauge,
+    /// Generates `X-Request-Id`s for requests that come without one.
+    ids: RequestIds,
 }
 
 /// Who sent a request, as the listener saw it.
@@ -80,6 +88,34 @@ impl From<SocketAddr> for Peer {
     fn from(addr: SocketAddr) -> Peer {
         Peer { addr, https: false }
     }
+}
+
+/// A request that did not pass the check, route and authorize phases: the route it matched (if
+/// any), the answer, and the token when one was read and is live (a 403), for the access log.
+struct Refused<'a> {
+    route: Option<&'a Route>,
+    reject: Reject,
+    token: Option<Arc<Token>>,
+}
+
+impl<'a> From<(Option<&'a Route>, Reject)> for Refused<'a> {
+    fn from((route, reject): (Option<&'a Route>, Reject)) -> Self {
+        Refused {
+            route,
+            reject,
+            token: None,
+        }
+    }
+}
+
+/// What the access log needs beyond the response, captured only when it is on.
+struct Logged {
+    method: Method,
+    uri: Uri,
+    host: Option<HeaderValue>,
+    bytes_in: Option<u64>,
+    /// The normalized path, when it differs from the one sent.
+    path: Option<String>,
 }
 
 /// A request that passed the check, route and authorize phases.
@@ -117,10 +153,13 @@ impl Gateway {
         metrics: &Metrics,
         throttle: Option<Arc<Throttle>>,
     ) -> Result<Gateway, upstream::UpstreamTlsError> {
-        Ok(
-            Gateway::with_client(config, validator, metrics, UpstreamClient::new(config)?)
-                .with_throttle(throttle),
+        Ok(Gateway::with_client(
+            config,
+            validator,
+            metrics,
+            UpstreamClient::new(config, metrics)?,
         )
+        .with_throttle(throttle))
     }
 }
 
@@ -156,6 +195,7 @@ where
             trusted_proxies: config.throttle.trusted_proxies.clone().into(),
             throttle_failures: metrics.throttle_failures.clone(),
             throttle_clients: metrics.throttle_clients.clone(),
+            ids: RequestIds::new(),
         }
     }
 
@@ -169,15 +209,24 @@ where
     pub async fn handle(&self, req: Request<B>, client: impl Into<Peer>) -> Response<ProxyBody<B>> {
         let client = client.into();
         let started = Instant::now();
-        let logged = self
-            .access_log
-            .then(|| (req.method().clone(), req.uri().clone()));
+        let request_id = self.ids.take(req.headers());
+        let mut logged = self.access_log.then(|| Logged {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host: req.headers().get(HOST).cloned(),
+            bytes_in: req.body().size_hint().exact(),
+            path: None,
+        });
         let (parts, body) = req.into_parts();
         let version = parts.version;
         let (route, token, outcome, mut res) = match self.admit(&parts, client).await {
-            Err((route, reject)) => (
+            Err(Refused {
                 route,
-                None,
+                reject,
+                token,
+            }) => (
+                route,
+                token,
                 reject.outcome(),
                 reject.response().map(Either::Right),
             ),
@@ -187,7 +236,18 @@ where
                 host,
                 path,
             }) => {
-                let routed = Routed { host, path };
+                if let Some(l) = &mut logged {
+                    // Only when the access log is on and normalization changed the path.
+                    l.path.clone_from(&path);
+                    if host.is_some() {
+                        l.host.clone_from(&host);
+                    }
+                }
+                let routed = Routed {
+                    host,
+                    path,
+                    request_id: request_id.clone(),
+                };
                 match self
                     .forward(route, parts, body, client, token.as_deref(), routed)
                     .await
@@ -212,66 +272,44 @@ where
         *res.version_mut() = version;
         let metrics = route.map_or(&self.unrouted, |r| &r.metrics);
         metrics.record(outcome, started.elapsed().as_secs_f64());
-        self.log(
-            &logged,
-            route.map(|r| &*r.name),
-            &res,
-            outcome,
-            token.as_deref(),
-            started,
-        );
+        if let Some(logged) = &logged {
+            log(
+                logged,
+                client,
+                route.map(|r| &*r.name),
+                &res,
+                outcome,
+                token.as_deref(),
+                &request_id,
+                started,
+            );
+        }
+        res.headers_mut().insert(X_REQUEST_ID, request_id);
         res
     }
 
-    fn log(
-        &self,
-        logged: &Option<(http::Method, Uri)>,
-        deployment: Option<&str>,
-        res: &Response<ProxyBody<B>>,
-        outcome: Outcome,
-        token: Option<&Token>,
-        started: Instant,
-    ) {
-        if let Some((method, uri)) = logged {
-            tracing::info!(
-                target: "bentogate::access",
-                method = %method,
-                path = uri.path(),
-                deployment = deployment.unwrap_or("-"),
-                status = res.status().as_u16(),
-                decision = outcome.as_str(),
-                token_uid = token.map_or("-", |t| t.uid.as_str()),
-                latency_us = started.elapsed().as_micros() as u64,
-            );
-        }
-    }
-
     /// The check, route and authorize phases; no I/O but a cache miss, no allocation on a hit.
-    async fn admit(
-        &self,
-        parts: &Parts,
-        client: Peer,
-    ) -> Result<Admitted<'_>, (Option<&Route>, Reject)> {
+    async fn admit(&self, parts: &Parts, client: Peer) -> Result<Admitted<'_>, Refused<'_>> {
         let header_bytes: usize = parts
             .headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
         if header_bytes > self.max_header_bytes {
-            return Err((None, Reject::HeadersTooLarge));
+            return Err((None, Reject::HeadersTooLarge).into());
         }
         // A tunnel to anywhere the client names: never (RFC 9110 section 9.3.6).
         if parts.method == Method::CONNECT {
-            return Err((None, Reject::MethodNotAllowed));
+            return Err((None, Reject::MethodNotAllowed).into());
         }
         let target = target::read(parts, self.forwarding.merge_slashes).map_err(|e| {
-            (
+            Refused::from((
                 None,
                 match e {
                     target::TargetError::Host(e) => Reject::BadHost(e),
                     target::TargetError::Path(e) => Reject::BadPath(e),
                 },
-            )
+            ))
         })?;
         let route = self
             .routes
@@ -280,7 +318,7 @@ where
         if route.policy == Policy::Public || route.is_public_path(&target.path) {
             return Ok(Admitted::new(route, None, target));
         }
-        let deny = |r| Err((Some(&**route), r));
+        let deny = |r| Err(Refused::from((Some(&**route), r)));
         let now = clock::now();
         let value = match auth::credentials(&parts.headers) {
             Credentials::Bearer(v) => v,
@@ -312,7 +350,12 @@ where
                 token.mark_used(now);
                 Ok(Admitted::new(route, Some(token), target))
             }
-            Verdict::Valid(_) => deny(Reject::InsufficientScope),
+            // The token is live, so the log may name it: who was refused matters on a 403.
+            Verdict::Valid(token) => Err(Refused {
+                route: Some(route),
+                reject: Reject::InsufficientScope,
+                token: Some(token),
+            }),
             Verdict::Malformed | Verdict::Unknown | Verdict::Expired => {
                 deny(self.failed(parts, client, Reject::InvalidToken))
             }
@@ -385,6 +428,7 @@ where
             routed.host.clone(),
             token,
         );
+        parts.headers.insert(X_REQUEST_ID, routed.request_id);
         if upgrade.is_some() {
             parts.headers.insert(UPGRADE, WEBSOCKET);
             parts
@@ -413,17 +457,30 @@ where
                     tokio::time::timeout_at(deadline, Arc::clone(&route.slots).acquire_owned())
                         .await;
                 match waited {
-                    Err(_) => return Err(Reject::UpstreamTimeout),
+                    Err(_) => {
+                        route.metrics.upstream_error(UpstreamErrorKind::PoolTimeout);
+                        self.warn_upstream(route, "no upstream connection slot came free in time");
+                        return Err(Reject::UpstreamTimeout);
+                    }
                     Ok(p) => p.ok(),
                 }
             }
         };
+        route.metrics.upstream_request();
         let pending = self.client.send(route.index, request);
         let res = match tokio::time::timeout_at(deadline, pending).await {
-            Err(_) => return Err(Reject::UpstreamTimeout),
+            Err(_) => {
+                route.metrics.upstream_error(UpstreamErrorKind::Timeout);
+                self.warn_upstream(
+                    route,
+                    "no response headers within forwarding.timeouts.response_headers",
+                );
+                return Err(Reject::UpstreamTimeout);
+            }
             Ok(Err(e)) => {
                 let reject = upstream::classify(&e);
-                tracing::warn!(deployment = &*route.name, error = %e, "upstream request failed");
+                route.metrics.upstream_error(e.kind());
+                self.warn_upstream(route, &e.reason());
                 return Err(reject);
             }
             Ok(Ok(res)) => res,
@@ -443,9 +500,10 @@ where
             // A switch nobody asked for would leave the client on a connection in an unknown
             // protocol: the upstream misbehaved.
             _ if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                tracing::warn!(
-                    deployment = &*route.name,
-                    "upstream switched protocols without a WebSocket upgrade; answered 502"
+                route.metrics.upstream_error(UpstreamErrorKind::Protocol);
+                self.warn_upstream(
+                    route,
+                    "switched protocols without a WebSocket upgrade; answered 502",
                 );
                 return Err(Reject::UpstreamUnavailable);
             }
@@ -468,12 +526,60 @@ where
     pub fn validator(&self) -> &Arc<Validator> {
         &self.validator
     }
+
+    /// One warning about a failed upstream exchange: which deployment, which upstream address,
+    /// and why (down to the OS's reason). Never the request.
+    fn warn_upstream(&self, route: &Route, reason: &str) {
+        tracing::warn!(
+            deployment = &*route.name,
+            upstream = %self.client.upstream_of(route.index).map_or("-", |a| a.as_str()),
+            error = reason,
+            "upstream request failed"
+        );
+    }
 }
 
-/// What admission decided the upstream is sent: the routed host and, if it changed, the path.
+/// One access-log line (`bentogate::access`). Written only when `log.access` is on; never a
+/// token value, a credential header or the query string.
+#[allow(clippy::too_many_arguments)]
+fn log<B: Body>(
+    logged: &Logged,
+    client: Peer,
+    deployment: Option<&str>,
+    res: &Response<B>,
+    outcome: Outcome,
+    token: Option<&Token>,
+    request_id: &HeaderValue,
+    started: Instant,
+) {
+    let host = logged
+        .host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| logged.uri.authority().map(|a| a.as_str()));
+    tracing::info!(
+        target: "bentogate::access",
+        client = %client.addr,
+        host = host.unwrap_or("-"),
+        method = %logged.method,
+        path = logged.path.as_deref().unwrap_or(logged.uri.path()),
+        deployment = deployment.unwrap_or("-"),
+        status = res.status().as_u16(),
+        decision = outcome.as_str(),
+        bytes_in = logged.bytes_in,
+        bytes_out = res.body().size_hint().exact(),
+        request_id = request_id.to_str().unwrap_or("-"),
+        token_uid = token.map_or("-", |t| t.uid.as_str()),
+        latency_us = started.elapsed().as_micros() as u64,
+    );
+}
+
+/// What admission decided the upstream is sent: the routed host, the path if it changed, and
+/// the request id.
 struct Routed {
     host: Option<HeaderValue>,
     path: Option<String>,
+    request_id: HeaderValue,
 }
 
 const WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");

@@ -22,6 +22,8 @@ pub struct Listeners {
     pub proxy: Vec<ProxyListener>,
     /// The admin listener.
     pub admin: TcpListener,
+    /// The probe listener (`admin.probes`), if configured.
+    pub probes: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -44,9 +46,15 @@ impl Listeners {
                 tls,
             });
         }
+        let admin = bind(config.admin).await?;
+        let probes = match config.probes {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
         Ok(Listeners {
             proxy,
-            admin: bind(config.admin).await?,
+            admin,
+            probes,
         })
     }
 
@@ -61,5 +69,10 @@ impl Listeners {
     /// The admin listener's actual address.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    /// The probe listener's actual address, if there is one.
+    pub fn probes_addr(&self) -> Option<SocketAddr> {
+        self.probes.as_ref().and_then(|l| l.local_addr().ok())
     }
 }

@@ -4,8 +4,10 @@
 //! certificates) and the admin listener; serves each connection with hyper-util's auto builder
 //! (HTTP/1.1 with upgrades, HTTP/2 by ALPN or prior knowledge); caps open connections per
 //! listener, header reading, idle keep-alive and HTTP/2 streams; swaps the data plane on reload
-//! ([`Reloader`]); and on shutdown stops accepting, lets in-flight requests finish up to the
-//! drain timeout, and returns.
+//! ([`Reloader`]); and on shutdown turns `/readyz` to 503 at once, keeps accepting for
+//! `shutdown.delay` (while Kubernetes removes the pod from its Services' endpoints and load
+//! balancers stop sending), then stops accepting, lets in-flight requests finish up to
+//! `shutdown.timeout`, and returns.
 //!
 //! Files: [`listeners`] (binding), [`connection`] (one connection's life), [`reload`]
 //! (SIGHUP), [`shutdown`] (counting open connections); this file builds the app and runs it.
@@ -29,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, ShutdownConfig};
 use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::UpstreamTlsError;
@@ -81,6 +83,7 @@ pub struct App {
     admin: Arc<Admin>,
     draining: Arc<AtomicBool>,
     usage_flush: Duration,
+    shutdown: ShutdownConfig,
 }
 
 impl App {
@@ -103,6 +106,7 @@ impl App {
         ));
         Ok(App {
             limits: config.limits.clone(),
+            shutdown: config.shutdown,
             usage_flush: config.tokens.usage_flush,
             live: Arc::new(Live {
                 gateway: ArcSwap::from_pointee(gateway),
@@ -125,8 +129,17 @@ impl App {
         Reloader(Arc::clone(&self.live))
     }
 
-    /// Serves until `shutdown` resolves, then drains and returns.
+    /// Serves until `shutdown` resolves (SIGTERM), then stops as `shutdown.*` says: `/readyz`
+    /// 503 at once, still accepting for `shutdown.delay`, then draining up to `shutdown.timeout`.
     pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        self.serve_until(listeners, async move {
+            shutdown.await;
+            Stop::Graceful
+        })
+        .await
+    }
+
+    async fn serve_until(self, listeners: Listeners, shutdown: impl Future<Output = Stop>) {
         let App {
             live,
             limits,
@@ -136,6 +149,7 @@ impl App {
             admin,
             draining,
             usage_flush,
+            shutdown: times,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let settings = Arc::new(ConnSettings {
@@ -183,6 +197,20 @@ impl App {
                 Arc::new(Semaphore::new(limits.max_connections)),
             )));
         }
+        if let Some(probes) = listeners.probes {
+            let admin = Arc::clone(&admin);
+            let probe_handler = move |req: Request<Incoming>, _peer: Peer| {
+                let res = admin.probe(&req);
+                std::future::ready(res)
+            };
+            loops.push(tokio::spawn(accept_loop(
+                probes,
+                None,
+                probe_handler,
+                Arc::clone(&settings),
+                Arc::new(Semaphore::new(limits.max_connections)),
+            )));
+        }
         let admin_handler = move |req: Request<Incoming>, peer: Peer| {
             let admin = Arc::clone(&admin);
             async move { admin.handle(req, peer.addr.ip()).await }
@@ -196,16 +224,22 @@ impl App {
         )));
 
         tracing::info!(tokens = metrics.tokens_loaded.get(), "bentogate ready");
-        shutdown.await;
+        let stop = shutdown.await;
+        // Not ready from now on, so the kubelet takes the pod out of its Services' endpoints;
+        // but whoever still routes here during the delay is served, not refused.
         draining.store(true, Ordering::Release);
-        tracing::info!(drain_timeout = ?limits.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+        if let (Stop::Graceful, false) = (stop, times.delay.is_zero()) {
+            tracing::info!(delay = ?times.delay, "shutting down: /readyz answers 503; still accepting while load balancers stop sending");
+            tokio::time::sleep(times.delay).await;
+        }
+        tracing::info!(timeout = ?times.timeout, "shutting down: no new connections, draining in-flight requests");
         // Closing the listeners first refuses new connections at once; every connection then
         // finishes its in-flight requests and closes (HTTP/2: GOAWAY).
         let _ = stop_tx.send(true);
         for l in loops {
             let _ = l.await;
         }
-        match tokio::time::timeout(limits.drain_timeout, settings.tracker.idle()).await {
+        match tokio::time::timeout(times.timeout, settings.tracker.idle()).await {
             Ok(()) => tracing::info!("drained"),
             Err(_) => tracing::warn!("drain timeout reached; closing the remaining connections"),
         }
@@ -215,6 +249,15 @@ impl App {
     }
 }
 
+/// How a server is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// As on SIGTERM: not ready, `shutdown.delay` still accepting, then drain.
+    Graceful,
+    /// Skip the delay (an embedder that knows nothing routes here any more): drain at once.
+    Now,
+}
+
 /// A server started in the background (tests, embedding): its addresses, a reload handle and
 /// a stop switch.
 pub struct Running {
@@ -222,9 +265,11 @@ pub struct Running {
     pub proxy_addrs: Vec<SocketAddr>,
     /// Where the admin listener is.
     pub admin_addr: SocketAddr,
+    /// Where the probe listener is (`admin.probes`), if configured.
+    pub probes_addr: Option<SocketAddr>,
     /// Applies a new configuration, as SIGHUP does.
     pub reloader: Reloader,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<Stop>>,
     task: JoinHandle<()>,
 }
 
@@ -236,25 +281,39 @@ impl Running {
         let admin_addr = listeners
             .admin_addr()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let probes_addr = listeners.probes_addr();
         let app = App::build(config).await?;
         let reloader = app.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(app.serve(listeners, async move {
-            let _ = rx.await;
+        let task = tokio::spawn(app.serve_until(listeners, async move {
+            // A dropped handle stops as SIGTERM would.
+            rx.await.unwrap_or(Stop::Graceful)
         }));
         Ok(Running {
             proxy_addrs,
             admin_addr,
+            probes_addr,
             reloader,
             stop: Some(tx),
             task,
         })
     }
 
-    /// Starts graceful shutdown and waits for it to finish.
-    pub async fn stop(mut self) {
+    /// Stops accepting and drains at once (no `shutdown.delay`: the caller knows nothing
+    /// routes here any more), and waits for it to finish.
+    pub async fn stop(self) {
+        self.end(Stop::Now).await
+    }
+
+    /// Stops as SIGTERM does: `/readyz` 503 at once, still accepting for `shutdown.delay`, then
+    /// draining up to `shutdown.timeout`; waits for it to finish.
+    pub async fn terminate(self) {
+        self.end(Stop::Graceful).await
+    }
+
+    async fn end(mut self, how: Stop) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(how);
         }
         let _ = (&mut self.task).await;
     }

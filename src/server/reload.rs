@@ -171,6 +171,11 @@ fn keep_running_parts(running: &Config, new: &mut Config) {
         tracing::warn!(running = %running.admin, requested = %new.admin, "the admin listener cannot be rebound by a reload; restart to apply it. Kept the running one");
         new.admin = running.admin;
     }
+    if running.probes != new.probes || running.shutdown != new.shutdown {
+        tracing::warn!("admin.probes and shutdown changes need a restart; kept the running ones");
+        new.probes = running.probes;
+        new.shutdown = running.shutdown;
+    }
     if running.limits != new.limits || running.worker_threads != new.worker_threads {
         tracing::warn!("limits and runtime changes need a restart; kept the running ones");
         new.limits = running.limits.clone();

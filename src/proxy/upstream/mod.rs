@@ -44,6 +44,7 @@ use tower_service::Service;
 
 use super::reject::Reject;
 use crate::config::{Config, ForwardingConfig, UpstreamProtocol};
+use crate::metrics::{Metrics, UpstreamErrorKind};
 
 pub use body::{BodyError, UpstreamBody};
 pub use pool::Checkin;
@@ -86,11 +87,72 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+impl UpstreamError {
+    /// What kind of failure this is, for `bentogate_upstream_errors_total{kind}`.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        let io = self.io_error();
+        match (self, io.map(std::io::Error::kind)) {
+            (_, Some(std::io::ErrorKind::TimedOut)) if self.is_connect() => {
+                UpstreamErrorKind::ConnectTimeout
+            }
+            (_, Some(std::io::ErrorKind::ConnectionRefused)) => UpstreamErrorKind::ConnectRefused,
+            (UpstreamError::Connect(_), _) => UpstreamErrorKind::Connect,
+            (_, Some(std::io::ErrorKind::TimedOut)) => UpstreamErrorKind::Timeout,
+            (UpstreamError::Http(e), _) if e.is_parse() || e.is_parse_status() => {
+                UpstreamErrorKind::Protocol
+            }
+            (UpstreamError::Http(_), _) => UpstreamErrorKind::Reset,
+        }
+    }
+
+    /// The whole chain of causes, down to the OS's own words ("Connection refused (os error
+    /// 111)"), for the log line; hyper's top-level message alone ("client error (Connect)")
+    /// does not say what happened. Built only when a request failed.
+    pub fn reason(&self) -> String {
+        let (mut out, mut source): (String, Option<&(dyn StdError + 'static)>) = match self {
+            UpstreamError::Connect(e) => ("connect".to_owned(), Some(e.as_ref())),
+            UpstreamError::Http(e) => (String::new(), Some(e)),
+        };
+        while let Some(e) = source {
+            let text = e.to_string();
+            // Wrappers often repeat their cause's text: keep each part once.
+            if !out.contains(&text) {
+                if !out.is_empty() {
+                    out.push_str(": ");
+                }
+                out.push_str(&text);
+            }
+            source = e.source();
+        }
+        out
+    }
+
+    fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// The innermost OS error in the chain, if any.
+    fn io_error(&self) -> Option<&std::io::Error> {
+        let mut source: Option<&(dyn StdError + 'static)> = match self {
+            UpstreamError::Connect(e) => Some(e.as_ref()),
+            UpstreamError::Http(e) => Some(e),
+        };
+        let mut found = None;
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                found = Some(io);
+            }
+            source = e.source();
+        }
+        found
+    }
+}
+
 impl UpstreamClient {
-    /// Builds the pools for `config`'s deployments over TCP, with TLS for `https://` upstreams.
-    /// Without an `https://` upstream the platform's roots are not loaded (a reload that adds
-    /// one builds a new client).
-    pub fn new(config: &Config) -> Result<UpstreamClient, UpstreamTlsError> {
+    /// Builds the pools for `config`'s deployments over TCP, with TLS for `https://` upstreams,
+    /// measured on `metrics`. Without an `https://` upstream the platform's roots are not loaded
+    /// (a reload that adds one builds a new client).
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<UpstreamClient, UpstreamTlsError> {
         let forwarding = &config.forwarding;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -109,7 +171,7 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
-        Ok(UpstreamClient::with_connector(config, https))
+        Ok(UpstreamClient::build(config, https, Some(metrics)))
     }
 }
 
@@ -172,11 +234,18 @@ where
     /// Builds the pools for `config`'s deployments over `connector`. Inside a runtime, a task
     /// closes connections idle for longer than `forwarding.timeouts.idle`; it ends with the client.
     pub fn with_connector(config: &Config, connector: C) -> Self {
+        UpstreamClient::build(config, connector, None)
+    }
+
+    fn build(config: &Config, connector: C, metrics: Option<&Metrics>) -> Self {
         let forwarding = &config.forwarding;
         let mut pools: Vec<Arc<HostPool<B>>> = Vec::with_capacity(config.deployments.len());
         for d in &config.deployments {
             let same = pools.iter().find(|p| p.serves(d)).cloned();
-            pools.push(same.unwrap_or_else(|| Arc::new(HostPool::new(d, forwarding))));
+            pools.push(same.unwrap_or_else(|| {
+                let measured = metrics.map(|m| m.for_pool(d.upstream.authority.as_str()));
+                Arc::new(HostPool::new(d, forwarding, measured))
+            }));
         }
         let pools: Arc<[Arc<HostPool<B>>]> = pools.into();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -323,14 +392,25 @@ where
     }
 
     async fn dial(&self, pool: &HostPool<B>) -> Result<C::Response, UpstreamError> {
+        let started = std::time::Instant::now();
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
-        connector
+        let io = connector
             .call(pool.target.clone())
             .await
-            .map_err(|e| UpstreamError::Connect(e.into()))
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        if let Some(m) = &pool.metrics {
+            m.connect_seconds.observe(started.elapsed().as_secs_f64());
+            m.connections_opened.inc();
+        }
+        Ok(io)
+    }
+
+    /// The `host:port` of the deployment at `index`'s upstream, for log lines.
+    pub fn upstream_of(&self, index: usize) -> Option<&http::uri::Authority> {
+        self.pools.get(index).map(|p| p.authority())
     }
 }
 
@@ -375,4 +455,38 @@ pub fn classify(error: &UpstreamError) -> Reject {
         source = e.source();
     }
     Reject::UpstreamUnavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(kind: std::io::ErrorKind) -> UpstreamError {
+        UpstreamError::Connect(Box::new(std::io::Error::from(kind)))
+    }
+
+    #[test]
+    fn failures_are_counted_by_kind_and_described_to_the_os_reason() {
+        use std::io::ErrorKind;
+        assert_eq!(
+            connect(ErrorKind::ConnectionRefused).kind(),
+            UpstreamErrorKind::ConnectRefused
+        );
+        assert_eq!(
+            connect(ErrorKind::TimedOut).kind(),
+            UpstreamErrorKind::ConnectTimeout
+        );
+        assert_eq!(
+            connect(ErrorKind::NotFound).kind(),
+            UpstreamErrorKind::Connect
+        );
+        assert!(matches!(
+            classify(&connect(ErrorKind::TimedOut)),
+            Reject::UpstreamTimeout
+        ));
+        let refused = UpstreamError::Connect(Box::new(std::io::Error::from_raw_os_error(111)));
+        let reason = refused.reason();
+        assert!(reason.starts_with("connect: "), "{reason}");
+        assert!(reason.contains("os error 111"), "{reason}");
+    }
 }

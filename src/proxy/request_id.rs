@@ -1,0 +1,121 @@
+//! `X-Request-Id`: one id per request, kept from the client (or the load balancer in front) when
+//! it sent a sane one, generated otherwise; forwarded to the upstream, returned to the client and
+//! written in the access log, so one request can be followed through every log.
+//!
+//! Generated ids are a random per-gateway prefix and a counter, written into a fixed buffer:
+//! no formatting, no `String`, one small copy into the `HeaderValue`. Unique within a process
+//! life and, by the 64-bit random prefix, across replicas and restarts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The header, lower-case as HTTP/2 requires.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client-sent id kept; a longer one is replaced (it would bloat every log line).
+const MAX_LEN: usize = 128;
+
+/// Hands out request ids.
+pub struct RequestIds {
+    /// 16 lower-case hex digits of OS randomness, fixed for this gateway's life.
+    prefix: [u8; 16],
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds::new()
+    }
+}
+
+impl RequestIds {
+    /// A generator with a fresh random prefix.
+    pub fn new() -> RequestIds {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            // No OS randomness (never seen on Linux): still distinct per process and start.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            seed = (nanos ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
+        }
+        let mut prefix = [0u8; 16];
+        hex_into(&seed, &mut prefix);
+        RequestIds {
+            prefix,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The request's id: its own `X-Request-Id` if it sent exactly one of 1 to 128 characters
+    /// from `A-Z a-z 0-9 - _ . : / + = @`, else a new one.
+    pub fn take(&self, headers: &HeaderMap) -> HeaderValue {
+        let mut sent = headers.get_all(X_REQUEST_ID).iter();
+        if let (Some(v), None) = (sent.next(), sent.next()) {
+            if is_sane(v.as_bytes()) {
+                return v.clone();
+            }
+        }
+        self.generate()
+    }
+
+    fn generate(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 32];
+        id[..16].copy_from_slice(&self.prefix);
+        hex_into(&n.to_be_bytes(), &mut id[16..]);
+        // Hex digits only: always a valid header value.
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+fn is_sane(id: &[u8]) -> bool {
+    (1..=MAX_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sane_client_id_is_kept_and_anything_else_replaced() {
+        let ids = RequestIds::new();
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("lb-7f3a:1"));
+        assert_eq!(ids.take(&h), "lb-7f3a:1");
+        for bad in ["", "has space", "quote\"", &"x".repeat(129)] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = ids.take(&h);
+            assert_eq!(id.len(), 32, "{bad:?} -> {id:?}");
+        }
+        // Two ids: neither is believed.
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("a"));
+        h.append(X_REQUEST_ID, HeaderValue::from_static("b"));
+        assert_eq!(ids.take(&h).len(), 32);
+    }
+
+    #[test]
+    fn generated_ids_are_hex_and_distinct() {
+        let ids = RequestIds::new();
+        let (a, b) = (ids.take(&HeaderMap::new()), ids.take(&HeaderMap::new()));
+        assert_ne!(a, b);
+        assert_eq!(a.as_bytes()[..16], b.as_bytes()[..16]);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert_ne!(
+            RequestIds::new().take(&HeaderMap::new()).as_bytes()[..16],
+            a.as_bytes()[..16]
+        );
+    }
+}
