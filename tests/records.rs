@@ -135,3 +135,103 @@ async fn the_cli_and_the_server_write_one_token_file_at_once_and_nothing_is_lost
         after - reloads_before
     );
 }
+
+/// An unwritable last-use location (a read-only Secret mount's folder) is reported once, and
+/// once more when it works again; never on every flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_last_use_location_is_warned_about_once_not_per_flush() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    let (uid, value) = add_token(&tokens, Grant::to(&["a"]));
+    let config = dir.path().join("bentogate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{address: \"127.0.0.1:0\"}}]\n\
+             admin: {{address: \"127.0.0.1:0\"}}\n\
+             shutdown: {{delay: 0s}}\n\
+             log: {{format: json, access: false}}\n\
+             tokens: {{file: tokens.yaml, usage_flush: 100ms, last_used_file: state/last-used.json}}\n\
+             deployments:\n{}",
+            deployment("a", u.addr, "protected", "")
+        ),
+    )
+    .unwrap();
+    let mut child = ProcessGroup::spawn(
+        Command::new(env!("CARGO_BIN_EXE_bentogate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let err = child.0.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // Reads log lines into `seen` until one matches `want` (true) or `limit` passes (false).
+    fn next(
+        lines: &std::sync::mpsc::Receiver<serde_json::Value>,
+        seen: &mut Vec<serde_json::Value>,
+        want: &dyn Fn(&serde_json::Value) -> bool,
+        limit: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + limit;
+        while let Ok(v) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let hit = want(&v);
+            seen.push(v);
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+    assert!(next(
+        &lines,
+        &mut seen,
+        &|v| v["message"] == "listening",
+        Duration::from_secs(10)
+    ));
+    let proxy: std::net::SocketAddr = seen.last().unwrap()["proxy_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Uses in four different seconds: at least three flushes with a newer use, all failing.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3_500) {
+        assert_eq!(status(proxy, "/a/x", Some(&value)).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warned = |v: &serde_json::Value| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("could not write last-use times"))
+    };
+    next(&lines, &mut seen, &|_| false, Duration::from_millis(300));
+    assert_eq!(seen.iter().filter(|v| warned(v)).count(), 1, "{seen:?}");
+    // The location becomes writable: one line says so, and the uses are there.
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    assert_eq!(status(proxy, "/a/x", Some(&value)).await, StatusCode::OK);
+    assert!(next(
+        &lines,
+        &mut seen,
+        &|v| v["message"] == "last-use times written again",
+        Duration::from_secs(5)
+    ));
+    let written = std::fs::read_to_string(dir.path().join("state/last-used.json")).unwrap();
+    assert!(written.contains(&uid), "{written}");
+    assert_eq!(seen.iter().filter(|v| warned(v)).count(), 1);
+    assert!(!dir.path().join("tokens.yaml.last-used").exists());
+}

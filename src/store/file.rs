@@ -298,7 +298,8 @@ impl FileSource {
                 newer += 1;
             }
         }
-        if newer == 0 {
+        // A write that failed is retried even without a newer use.
+        if newer == 0 && usage.last_error.is_none() {
             return Ok(0);
         }
         // Forget deleted tokens so the file does not grow forever.
