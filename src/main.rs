@@ -25,7 +25,42 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Fixes glibc's mmap threshold. By default glibc raises it each time a mapped block is freed,
+/// after which the file source's per-change index tables (megabytes each) come from the heap and
+/// their memory is never returned: measured with 100,000 tokens under control-plane churn
+/// (bench/control-plane.sh), RSS went 74 -> 141 MiB and stayed there; with the threshold fixed,
+/// 74 -> 85 -> 77 MiB, and creates were faster. An operator's `MALLOC_MMAP_THRESHOLD_` wins.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(feature = "mimalloc"),
+    not(feature = "jemalloc")
+))]
+#[allow(unsafe_code)]
+fn fix_malloc_mmap_threshold() {
+    /// The largest block glibc serves from its heaps (its initial default); larger ones are
+    /// mapped, and unmapped on free.
+    const MMAP_THRESHOLD: i32 = 128 * 1024;
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets an allocator parameter; it runs first thing in main, before any
+    // other thread exists, and its failure (0) leaves glibc's default in place.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(feature = "mimalloc"),
+    not(feature = "jemalloc")
+)))]
+fn fix_malloc_mmap_threshold() {}
+
 fn main() -> ExitCode {
+    fix_malloc_mmap_threshold();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(arg) => match cli::load_config(arg.config.as_deref()) {
