@@ -255,6 +255,25 @@ mod tests {
     use super::super::{Config, DEFAULT_STALE_IF_ERROR};
 
     #[test]
+    fn last_uses_go_beside_the_token_file_or_where_configured_or_nowhere() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.tokens.last_used_file.as_deref(),
+            Some(std::path::Path::new("/etc/bentogate/tokens.yaml.last-used"))
+        );
+        let elsewhere = format!("{MINIMAL}tokens:\n  last_used_file: state/used.json\n");
+        assert_eq!(
+            parse(&elsewhere).unwrap().tokens.last_used_file.as_deref(),
+            Some(std::path::Path::new("/etc/bentogate/state/used.json"))
+        );
+        let off = format!("{MINIMAL}tokens:\n  last_used_file: off\n");
+        assert_eq!(parse(&off).unwrap().tokens.last_used_file, None);
+        let empty = format!("{MINIMAL}tokens:\n  last_used_file: \"\"\n");
+        let e = parse(&empty).unwrap_err().to_string();
+        assert!(e.contains("tokens.last_used_file") && e.contains("`off`"), "{e}");
+    }
+
+    #[test]
     fn postgres_source_needs_a_url_and_never_echoes_it() {
         let missing = format!("{MINIMAL}tokens:\n  source: postgres\n");
         let e = parse(&missing).unwrap_err().to_string();
