@@ -235,3 +235,121 @@ async fn an_unwritable_last_use_location_is_warned_about_once_not_per_flush() {
     assert_eq!(seen.iter().filter(|v| warned(v)).count(), 1);
     assert!(!dir.path().join("tokens.yaml.last-used").exists());
 }
+
+/// `PATCH /api/v1/api_tokens/{uid}`: the name, description and expiry change under the rule
+/// that governs deleting the token; what it grants never does; bad bodies are refused unechoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_edited_by_whoever_may_delete_it() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "deployments:\n{}",
+        deployment("a", u.addr, "protected", "")
+    ))
+    .await;
+    let (_, root) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![Scope::Api, Scope::WriteOrganization],
+            all: true,
+            ..Grant::default()
+        },
+    );
+    add_member_to(&g.tokens, "ann", None, false);
+    let (_, ann) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![Scope::Api],
+            deployments: vec!["a"],
+            user: Some("ann"),
+            ..Grant::default()
+        },
+    );
+    until_status(g.addr, "/a/x", Some(&ann), StatusCode::OK).await;
+    let create = |who: String, name: &'static str| {
+        let admin = g.admin;
+        async move {
+            let (s, v) = api_call(
+                admin,
+                "POST",
+                "/api/v1/api_tokens",
+                &who,
+                json!({"name": name, "deployments": ["a"]}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            (
+                v["uid"].as_str().unwrap().to_owned(),
+                v["token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let patch = |who: String, uid: String, body: Value| {
+        let admin = g.admin;
+        async move {
+            api_call(
+                admin,
+                "PATCH",
+                &format!("/api/v1/api_tokens/{uid}"),
+                &who,
+                body,
+            )
+            .await
+        }
+    };
+    let (org_uid, org_value) = create(root.clone(), "shared").await;
+    let (s, v) = patch(
+        root.clone(),
+        org_uid.clone(),
+        json!({"name": "renamed", "description": "nightly", "expired_at": "2030-01-02T03:04:05Z"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["name"], &v["description"], &v["expired_at"]),
+        (
+            &json!("renamed"),
+            &json!("nightly"),
+            &json!("2030-01-02T03:04:05Z")
+        )
+    );
+    assert_eq!(v["deployments"], json!(["a"]));
+    assert!(v.get("token").is_none(), "an edit never shows a value");
+    let (_, got) = api_call(
+        g.admin,
+        "GET",
+        &format!("/api/v1/api_tokens/{org_uid}"),
+        &root,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(got["name"], "renamed");
+    // The token still works: an edit never changes what it is.
+    assert_eq!(
+        status(g.addr, "/a/x", Some(&org_value)).await,
+        StatusCode::OK
+    );
+    // A member may not edit an organization token, but may edit her own.
+    let (s, _) = patch(ann.clone(), org_uid.clone(), json!({"name": "mine"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (own_uid, _) = create(ann.clone(), "ann's").await;
+    let (s, v) = patch(ann.clone(), own_uid.clone(), json!({"description": null})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Bad edits: 400 without the request's content; unknown tokens 404.
+    for body in [
+        json!({"name": ""}),
+        json!({"expired_at": "2001-01-01T00:00:00Z"}),
+        json!({"MARKER": 1}),
+        json!({"expired_at": "MARKER"}),
+    ] {
+        let (s, v) = patch(root.clone(), org_uid.clone(), body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(!v.to_string().contains("MARKER"), "{v}");
+    }
+    let (s, _) = patch(
+        root.clone(),
+        "0123456789abcdef0123".into(),
+        json!({"name": "x"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

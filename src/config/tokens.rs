@@ -270,7 +270,10 @@ mod tests {
         assert_eq!(parse(&off).unwrap().tokens.last_used_file, None);
         let empty = format!("{MINIMAL}tokens:\n  last_used_file: \"\"\n");
         let e = parse(&empty).unwrap_err().to_string();
-        assert!(e.contains("tokens.last_used_file") && e.contains("`off`"), "{e}");
+        assert!(
+            e.contains("tokens.last_used_file") && e.contains("`off`"),
+            "{e}"
+        );
     }
 
     #[test]
