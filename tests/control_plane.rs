@@ -17,9 +17,18 @@ const WRITE_ORG: Scope = Scope::WriteOrganization;
 
 async fn control_gate(extra_tokens: &str) -> (Upstream, Gate) {
     let u = upstream().await;
+    // Tokens created through the API may name only routed deployments: `b` and `secret-deploy`
+    // are routed under their own prefixes, `a` takes the rest.
     let g = gate(&format!(
-        "tokens:\n  usage_flush: 200ms\n{extra_tokens}deployments:\n{}",
-        deployment("a", u.addr, "protected", "")
+        "tokens:\n  usage_flush: 200ms\n{extra_tokens}deployments:\n{}{}{}",
+        deployment("a", u.addr, "protected", ""),
+        deployment("b", u.addr, "protected", "    path_prefix: /b\n"),
+        deployment(
+            "secret-deploy",
+            u.addr,
+            "protected",
+            "    path_prefix: /secret-deploy\n"
+        )
     ))
     .await;
     (u, g)

@@ -353,3 +353,55 @@ async fn a_token_is_edited_by_whoever_may_delete_it() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// A token created through the API may name only deployments the routes serve; the list follows
+/// a reload. The refusal lists the deployments that exist, never the name asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_refuses_a_deployment_no_route_serves_and_follows_reloads() {
+    let u = upstream().await;
+    let routes = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| deployment(n, u.addr, "protected", &format!("    path_prefix: /{n}\n")))
+            .collect::<String>()
+    };
+    let g = gate(&format!("deployments:\n{}", routes(&["a"]))).await;
+    let (_, root) = add_token(
+        &g.tokens,
+        Grant {
+            scopes: vec![Scope::Api, Scope::WriteOrganization],
+            all: true,
+            ..Grant::default()
+        },
+    );
+    let create = |deployments: Value| {
+        let (admin, root) = (g.admin, root.clone());
+        async move {
+            api_call(
+                admin,
+                "POST",
+                "/api/v1/api_tokens",
+                &root,
+                json!({"name": "t", "deployments": deployments}),
+            )
+            .await
+        }
+    };
+    let (s, v) = create(json!(["a", "MARKER"])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let message = v["error"].as_str().unwrap();
+    assert!(
+        message.contains("the deployments are: a") && !message.contains("MARKER"),
+        "{v}"
+    );
+    assert_eq!(create(json!(["a"])).await.0, StatusCode::OK);
+    // After a reload that adds `b`, `b` is accepted.
+    let text = format!(
+        "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlog: {{access: false}}\nthrottle: {{failures_per_minute: 0}}\ndeployments:\n{}",
+        routes(&["a", "b"])
+    );
+    let config = bentogate::config::Config::parse(&text, "test.yaml", g.dir.path()).unwrap();
+    g.running.reloader.reload(config).unwrap();
+    let (s, v) = create(json!(["b"])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}

@@ -29,9 +29,8 @@ impl TokenCommand {
             return Ok(());
         }
         let config = super::load_config(config)?;
-        let routed = |name: &str| config.deployments.iter().any(|d| d.name == name);
-        if let Some(unknown) = args.deployments.iter().find(|n| !routed(n)) {
-            let known: Vec<&str> = config.deployments.iter().map(|d| d.name.as_str()).collect();
+        let known: Vec<String> = config.deployments.iter().map(|d| d.name.clone()).collect();
+        if let Some(unknown) = crate::control::issuance::unrouted(&args.deployments, &known) {
             return Err(CliError::Usage(format!(
                 "no route in {} is named `{unknown}`; its deployments are: {} (use one of them, or --all-deployments)",
                 config.origin,

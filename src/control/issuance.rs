@@ -21,8 +21,24 @@ pub enum Issuer<'a> {
         owner: Option<&'a str>,
     },
     /// A control-plane caller: personal tokens are its own, organization tokens need an admin,
-    /// and every grant is attenuated to what the caller's token holds.
-    Caller(&'a Caller),
+    /// every grant is attenuated to what the caller's token holds, and every deployment named
+    /// must be one of `routed` (checked after the grant, so a grant too wide is refused as such).
+    Caller {
+        /// Who asks.
+        caller: &'a Caller,
+        /// The deployments this gateway's routes serve.
+        routed: &'a [String],
+    },
+}
+
+/// The one rule for the deployments a token names: each must be a deployment some route serves
+/// (a token for a name no route has passes nowhere, and a typo would go unnoticed until a
+/// caller gets 403). Returns the first that is not, if any.
+pub fn unrouted<'a>(deployments: &'a [String], routed: &[String]) -> Option<&'a str> {
+    deployments
+        .iter()
+        .find(|d| !routed.contains(d))
+        .map(String::as_str)
 }
 
 /// Validates `req`, applies the grant rule, generates the value and stores the record in one
@@ -44,7 +60,7 @@ pub fn issue(
     // The personal owner, and the user recorded as an organization token's maker.
     let (owner, maker) = match issuer {
         Issuer::Local { owner } => (owner.map(str::to_owned), None),
-        Issuer::Caller(caller) => {
+        Issuer::Caller { caller, routed } => {
             let organization = req
                 .organization
                 .unwrap_or(caller.token.kind == OwnerKind::Organization && caller.is_admin());
@@ -54,6 +70,13 @@ pub fn issue(
                 ));
             }
             grant::attenuate(&caller.token, &req)?;
+            if unrouted(&req.deployments, routed).is_some() {
+                // The name the request chose is not repeated; the ones that exist are.
+                return Err(ControlError::Invalid(format!(
+                    "a deployment in `deployments` is not served by any route; the deployments are: {} (or ask for `all_deployments`)",
+                    routed.join(", ")
+                )));
+            }
             let user = caller.user().to_owned();
             if organization {
                 (None, Some(user))

@@ -164,6 +164,9 @@ pub struct NewToken {
 /// Every call reads the caller and the record it is about, never the whole organization.
 pub struct Store {
     records: Arc<dyn TokenStore>,
+    /// The deployments this gateway's routes serve (replaced on reload): a token created through
+    /// the API may name only these ([`issuance::unrouted`]).
+    routed: arc_swap::ArcSwap<Vec<String>>,
     /// The source the data plane reads: told to pick up changes made by others before a
     /// request is judged.
     source: Arc<dyn TokenSource>,
@@ -175,8 +178,14 @@ impl Store {
     pub fn new(source: Arc<dyn TokenSource>) -> Option<Store> {
         Some(Store {
             records: Arc::clone(&source).store()?,
+            routed: arc_swap::ArcSwap::from_pointee(Vec::new()),
             source,
         })
+    }
+
+    /// Sets the deployments the routes serve (at start and on every reload).
+    pub fn set_routed(&self, deployments: Vec<String>) {
+        self.routed.store(Arc::new(deployments));
     }
 
     /// The records, for views that need members or the organization.
@@ -243,7 +252,12 @@ impl Store {
     /// Creates a token for `caller` ([`issuance::issue`]); the value is returned this once and
     /// never kept. The data plane sees the token before this returns.
     pub fn create(&self, caller: &Caller, req: NewToken) -> Result<(Secret, Token), ControlError> {
-        issuance::issue(&*self.records, issuance::Issuer::Caller(caller), req)
+        let routed = self.routed.load();
+        let issuer = issuance::Issuer::Caller {
+            caller,
+            routed: &routed,
+        };
+        issuance::issue(&*self.records, issuer, req)
     }
 
     /// The token `uid` if the caller may change it: her own personal tokens for a member; any

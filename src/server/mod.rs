@@ -94,13 +94,16 @@ impl App {
         let validator =
             Validator::shared(&config.tokens, Arc::clone(&source), Arc::clone(&metrics));
         let store = Store::new(Arc::clone(&source)).map(Arc::new);
+        if let Some(store) = &store {
+            store.set_routed(config.deployments.iter().map(|d| d.name.clone()).collect());
+        }
         let throttle = crate::throttle::Throttle::new(&config.throttle).map(Arc::new);
         let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics, throttle.clone())?;
         let draining = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin::new(
             Arc::clone(&metrics),
             Arc::clone(&validator),
-            store,
+            store.clone(),
             Arc::clone(&draining),
             throttle.clone(),
         ));
@@ -115,6 +118,7 @@ impl App {
                 validator: Arc::clone(&validator),
                 resolvers: Mutex::new(Vec::new()),
                 throttle,
+                store,
             }),
             metrics,
             source,

@@ -50,6 +50,8 @@ pub(super) struct Live {
     /// Failed-authorization buckets shared by the proxy listeners, the token API and
     /// introspection, so a guesser cannot spread guesses over the three; kept across reloads.
     pub(super) throttle: Option<Arc<crate::throttle::Throttle>>,
+    /// The control plane, told the new routes' deployments on reload.
+    pub(super) store: Option<Arc<crate::control::Store>>,
 }
 
 /// Applies a new configuration to a running server (SIGHUP). Cheap to clone.
@@ -130,6 +132,9 @@ impl Reloader {
                 })?;
         }
         live.gateway.store(Arc::new(gateway));
+        if let Some(store) = &live.store {
+            store.set_routed(applied.deployments.iter().map(|d| d.name.clone()).collect());
+        }
         tracing::info!(
             deployments = applied.deployments.len(),
             "configuration reloaded"
