@@ -21,6 +21,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::CertificatePair;
 
+pub mod client;
+
 /// How often certificate files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
