@@ -72,6 +72,37 @@ pub fn config(
     Ok(config)
 }
 
+/// A configuration for a client that speaks plain HTTP only (no anchors: every TLS server is
+/// refused), for connectors that need one.
+pub fn empty() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| {
+            ClientConfig::builder()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth()
+        })
+}
+
+/// An error and its causes on one line (`client error (Connect): invalid peer certificate:
+/// UnknownIssuer`): hyper's own message hides why a handshake failed.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s = format!("{s}: {next}");
+        }
+        cause = c.source();
+    }
+    s
+}
+
 /// The trust anchors: every certificate in the PEM file, or the platform's roots.
 pub fn roots(ca: &CaSource) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();

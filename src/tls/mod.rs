@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -22,6 +23,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::CertificatePair;
 
 pub mod client;
+mod client_auth;
+
+pub use client_auth::ClientCa;
 
 /// How often certificate files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -73,6 +77,8 @@ pub struct SniResolver {
     pairs: ArcSwap<Vec<CertificatePair>>,
     /// The files as last read, to notice changes.
     stamps: Mutex<Vec<Stamp>>,
+    /// Mutual TLS: the CA client certificates must chain to (admin listener only).
+    client_ca: Option<Arc<ClientCa>>,
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -97,11 +103,29 @@ impl ResolvesServerCert for SniResolver {
 impl SniResolver {
     /// Loads every pair; the first is the default for clients that send no matching name.
     pub fn load(pairs: &[CertificatePair]) -> Result<SniResolver, TlsError> {
+        SniResolver::load_with_client_ca(pairs, None)
+    }
+
+    /// As [`SniResolver::load`], and with `client_ca`, every client must present a certificate
+    /// that chains to it (the CA file is reloaded like the certificates).
+    pub fn load_with_client_ca(
+        pairs: &[CertificatePair],
+        client_ca: Option<&Path>,
+    ) -> Result<SniResolver, TlsError> {
         Ok(SniResolver {
             stamps: Mutex::new(stamps(pairs)),
             set: ArcSwap::from_pointee(load_set(pairs)?),
             pairs: ArcSwap::from_pointee(pairs.to_vec()),
+            client_ca: match client_ca {
+                Some(path) => Some(Arc::new(ClientCa::load(path)?)),
+                None => None,
+            },
         })
+    }
+
+    /// The certificates' files as configured now.
+    pub fn pairs(&self) -> Arc<Vec<CertificatePair>> {
+        self.pairs.load_full()
     }
 
     /// Replaces the certificates (SIGHUP with a new list); on error the old set stays.
@@ -119,6 +143,9 @@ impl SniResolver {
     /// Reloads if any file changed since the last load; a broken new file keeps the old set
     /// (logged). Returns true when a new set is live.
     pub fn reload_if_changed(&self) -> bool {
+        if let Some(ca) = &self.client_ca {
+            ca.reload_if_changed();
+        }
         let pairs = self.pairs.load_full();
         let now = stamps(&pairs);
         {
@@ -152,7 +179,10 @@ impl SniResolver {
                 path: "<tls>".into(),
                 message: e.to_string(),
             })?
-            .with_no_client_auth()
+            .with_client_cert_verifier(match &self.client_ca {
+                Some(ca) => Arc::clone(ca) as Arc<dyn ClientCertVerifier>,
+                None => WebPkiClientVerifier::no_client_auth(),
+            })
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
