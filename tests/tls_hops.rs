@@ -235,6 +235,18 @@ async fn healthz_over_tls(
     ca: &Path,
     identity: Option<&CertificatePair>,
 ) -> Result<String, String> {
+    get_over_tls(addr, ca, identity, "/healthz")
+        .await
+        .map(|text| text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// GET `path` on `addr` over TLS as `identity`; the whole answer, or the error.
+async fn get_over_tls(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: Option<&CertificatePair>,
+    path: &str,
+) -> Result<String, String> {
     let config = tls_client::config(
         Verify::Full(&CaSource::File(ca.to_owned())),
         identity,
@@ -248,13 +260,62 @@ async fn healthz_over_tls(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let mut got = Vec::new();
     tls.read_to_end(&mut got).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&got);
-    Ok(text.lines().next().unwrap_or_default().to_owned())
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_within_14_days_is_a_check_warning_and_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "admin");
+    let leaf = pki.leaf_for("admin", &["localhost"], Some(5));
+    let u = upstream().await;
+    let (cp, _) = tls_control_plane(dir.path(), &leaf, None, u.addr).await;
+    let metrics = get_over_tls(cp.admin_addr, &pki.ca_file(), None, "/metrics")
+        .await
+        .unwrap();
+    let series = format!(
+        "bentogate_tls_certificate_expiry_seconds{{cert=\"{}\",listener=\"admin\"}}",
+        leaf.cert.display()
+    );
+    let at = metric(&metrics, &series);
+    let left = at - bentogate::clock::now() as f64;
+    assert!(
+        (4.0 * 86400.0..=5.0 * 86400.0 + 60.0).contains(&left),
+        "{series} = {at} ({left} s from now)"
+    );
+    cp.stop().await;
+
+    // `check` names each hop's TLS state and warns about the certificate.
+    let config = dir.path().join("check.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}\ntokens:\n  source: postgres\n  postgres: {{url: \"postgres://bg:pw@db/x?sslmode=verify-full&sslrootcert={}\"}}\ndeployments:\n{}",
+            leaf.cert.display(),
+            leaf.key.display(),
+            pki.ca_file().display(),
+            deployment("a", u.addr, "protected", "")
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) =
+        bentogate("", &["check", "--config", config.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("admin 127.0.0.1:0: TLS")
+            && stdout.contains("sslmode=verify-full")
+            && stdout.contains("proxy ")
+            && stdout.contains(&format!("warning: {} expires in ", leaf.cert.display())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(":pw@"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,6 +169,14 @@ impl App {
         if let Ok(mut r) = live.resolvers.lock() {
             *r = listeners.proxy.iter().map(|l| l.tls.clone()).collect();
         }
+        for l in &listeners.proxy {
+            if let (Some(resolver), Ok(addr)) = (&l.tls, l.listener.local_addr()) {
+                resolver.observe(format!("proxy {addr}"), Arc::clone(&metrics));
+            }
+        }
+        if let Some(resolver) = &listeners.admin_tls {
+            resolver.observe("admin".to_owned(), Arc::clone(&metrics));
+        }
         if let Ok(mut a) = live.admin_tls.lock() {
             a.clone_from(&listeners.admin_tls);
         }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -24,6 +24,7 @@ use crate::config::CertificatePair;
 
 pub mod client;
 mod client_auth;
+pub mod expiry;
 
 pub use client_auth::ClientCa;
 
@@ -71,7 +72,6 @@ struct CertSet {
 type Stamp = (PathBuf, Option<SystemTime>, u64);
 
 /// Picks a certificate by SNI; swapped whole on reload.
-#[derive(Debug)]
 pub struct SniResolver {
     set: ArcSwap<CertSet>,
     pairs: ArcSwap<Vec<CertificatePair>>,
@@ -79,6 +79,19 @@ pub struct SniResolver {
     stamps: Mutex<Vec<Stamp>>,
     /// Mutual TLS: the CA client certificates must chain to (admin listener only).
     client_ca: Option<Arc<ClientCa>>,
+    /// Where expiries are reported once the server runs: the listener's name and the metrics.
+    observer: OnceLock<(String, Arc<crate::metrics::Metrics>)>,
+    /// The certificate files last reported, to drop the series of a removed one.
+    reported: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("pairs", &self.pairs.load())
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -120,7 +133,49 @@ impl SniResolver {
                 Some(path) => Some(Arc::new(ClientCa::load(path)?)),
                 None => None,
             },
+            observer: OnceLock::new(),
+            reported: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Reports this listener's certificate expiries now and after every reload: the metric
+    /// `bentogate_tls_certificate_expiry_seconds{listener, cert}` and one log line each, a
+    /// warning within [`expiry::WARN_BEFORE_SECS`].
+    pub fn observe(&self, listener: String, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.observer.set((listener, metrics));
+        self.report();
+    }
+
+    fn report(&self) {
+        let Some((listener, metrics)) = self.observer.get() else {
+            return;
+        };
+        let now = crate::clock::now();
+        let pairs = self.pairs.load_full();
+        let files: Vec<String> = pairs.iter().map(|p| p.cert.display().to_string()).collect();
+        if let Ok(mut before) = self.reported.lock() {
+            for gone in before.iter().filter(|f| !files.contains(f)) {
+                let _ = metrics
+                    .tls_certificate_expiry
+                    .remove_label_values(&[listener, gone]);
+            }
+            before.clone_from(&files);
+        }
+        for file in &files {
+            let Some(not_after) = expiry::file_not_after(Path::new(file)) else {
+                continue;
+            };
+            metrics
+                .tls_certificate_expiry
+                .with_label_values(&[listener, file])
+                .set(not_after);
+            let when = expiry::describe(not_after, now);
+            if not_after - now < expiry::WARN_BEFORE_SECS {
+                tracing::warn!(listener = %listener, cert = %file, "TLS certificate {when}; renew it");
+            } else {
+                tracing::info!(listener = %listener, cert = %file, "TLS certificate {when}");
+            }
+        }
     }
 
     /// The certificates' files as configured now.
@@ -137,6 +192,7 @@ impl SniResolver {
         if let Ok(mut s) = self.stamps.lock() {
             *s = now;
         }
+        self.report();
         Ok(())
     }
 
@@ -162,6 +218,7 @@ impl SniResolver {
             Ok(set) => {
                 self.set.store(Arc::new(set));
                 tracing::info!(certificates = pairs.len(), "TLS certificates reloaded");
+                self.report();
                 true
             }
             Err(e) => {
