@@ -13,7 +13,8 @@
 //!                 /v1/introspect
 //! proxy/          the request pipeline in phase order: target, route, authorize, rewrite, forward
 //! throttle.rs     per-address failure buckets (429), shared by every listener
-//! tls.rs          certificates, SNI resolver, TLS server config
+//! tls/            certificates, SNI resolver, client CA, TLS server config; client configs for
+//!                 the outbound hops (PostgreSQL, introspection, the remote CLI); expiry
 //! validator.rs    moka cache in front of a token source
 //! store/          the TokenSource trait and store::open; file, postgres, introspect; the file format
 //! route.rs        host + longest-prefix route table

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Token { command, common } => match common.endpoint() {
-            Some(endpoint) => with_remote(&endpoint, |remote, out| {
+            Some(endpoint) => with_remote(&endpoint, common.ca_file.as_deref(), |remote, out| {
                 remote.token(command, common.output, out)
             }),
             None => match command.refuse_unknown_deployments(common.config.as_deref()) {
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             },
         },
         Command::Member { command, common } => match common.endpoint() {
-            Some(endpoint) => with_remote(&endpoint, |remote, out| {
+            Some(endpoint) => with_remote(&endpoint, common.ca_file.as_deref(), |remote, out| {
                 remote.member(command, common.output, out)
             }),
             None => with_token_file(&common, |file, out| {
@@ -126,9 +126,10 @@ fn with_token_file(
 
 fn with_remote(
     endpoint: &str,
+    ca_file: Option<&std::path::Path>,
     run: impl FnOnce(&cli::remote::Remote, &mut dyn Write) -> Result<(), cli::CliError>,
 ) -> ExitCode {
-    let outcome = cli::remote::Remote::new(endpoint).and_then(|remote| {
+    let outcome = cli::remote::Remote::new(endpoint, ca_file).and_then(|remote| {
         let mut out = std::io::stdout().lock();
         run(&remote, &mut out)
     });

@@ -162,6 +162,9 @@ pub struct Metrics {
     upstream_connect: HistogramVec,
     upstream_connections: IntCounterVec,
     upstream_idle: IntGaugeVec,
+    /// `notAfter` (Unix seconds) of every certificate a listener serves, by listener and file:
+    /// alert on `bentogate_tls_certificate_expiry_seconds - time() < 14 * 86400`.
+    pub tls_certificate_expiry: IntGaugeVec,
 }
 
 /// Pre-resolved handles for one upstream's connection pool, labelled by its address.
@@ -361,8 +364,17 @@ impl Metrics {
         registry.register(Box::new(upstream_connect.clone()))?;
         registry.register(Box::new(upstream_connections.clone()))?;
         registry.register(Box::new(upstream_idle.clone()))?;
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "bentogate_tls_certificate_expiry_seconds",
+                "When each served certificate expires (notAfter, Unix seconds), by listener and certificate file",
+            ),
+            &["listener", "cert"],
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
         registry.register(Box::new(process::ProcessCollector::new()?))?;
         Ok(Metrics {
+            tls_certificate_expiry,
             upstream_requests,
             upstream_errors,
             upstream_connect,

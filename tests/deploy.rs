@@ -66,6 +66,14 @@ fn every_layout_config_is_valid_and_keeps_the_token_api_where_it_belongs() {
     };
     assert_eq!(names(&cp), names(&edge));
     assert!(cp.tokens.postgres.is_some() && edge.tokens.postgres.is_some());
+    // The token API leaves the pod over TLS only.
+    let tls = cp
+        .admin_tls
+        .expect("the control plane's admin listener serves TLS");
+    assert_eq!(
+        tls.certificates[0].cert,
+        Path::new("/etc/bentogate/tls/tls.crt")
+    );
 }
 
 #[test]

@@ -98,6 +98,10 @@ pub struct Common {
     /// BENTO_CLOUD_API_ENDPOINT sets it too.
     #[arg(long, global = true, conflicts_with = "config")]
     pub endpoint: Option<String>,
+    /// For an https:// --endpoint: the PEM CA its certificate must chain to (a private CA);
+    /// the platform's roots when omitted. The host name is always checked.
+    #[arg(long, global = true, env = "BENTOGATE_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Common {
@@ -212,6 +216,7 @@ pub fn local_store(config: &Config) -> Result<Local, CliError> {
         .map_err(|e| match e {
             crate::store::source::OpenError::File(e) => CliError::Store(e),
             crate::store::source::OpenError::Database(e) => CliError::Store(StoreError::from(e)),
+            e @ crate::store::source::OpenError::Introspect(_) => CliError::Io(e.to_string()),
         })?
         .ok_or_else(|| {
             CliError::Usage(

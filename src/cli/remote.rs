@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -31,23 +32,51 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Remote {
     base: String,
     key: Secret,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Remote {
-    /// Checks the endpoint and reads the key from the environment.
-    pub fn new(endpoint: &str) -> Result<Remote, CliError> {
+    /// Checks the endpoint and reads the key from the environment; for `https://`, trusts
+    /// `ca_file` (else the platform's roots) and always checks the host name.
+    pub fn new(endpoint: &str, ca_file: Option<&std::path::Path>) -> Result<Remote, CliError> {
         let base = endpoint.trim_end_matches('/').to_owned();
-        let ok = base
+        let scheme = base
             .parse::<Uri>()
             .ok()
-            .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-        if !ok {
-            return Err(CliError::Usage(format!(
-                "--endpoint `{endpoint}` is not an http:// URL with a host; give the admin listener, like http://127.0.0.1:9901"
-            )));
+            .filter(|u| u.authority().is_some())
+            .and_then(|u| u.scheme_str().map(str::to_owned));
+        let https = match scheme.as_deref() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "--endpoint `{endpoint}` is not an http:// or https:// URL with a host; give the admin listener, like https://control-plane:9901"
+                )))
+            }
+        };
+        if !https && ca_file.is_some() {
+            return Err(CliError::Usage(
+                "--ca-file is for an https:// --endpoint; the endpoint given is http://".into(),
+            ));
         }
+        let ca = match ca_file {
+            Some(p) => crate::config::CaSource::File(p.to_owned()),
+            None => crate::config::CaSource::System,
+        };
+        let tls = if https {
+            crate::tls::client::config(crate::tls::client::Verify::Full(&ca), None, &[])
+                .map_err(|e| CliError::Usage(format!("--ca-file: {e}")))?
+        } else {
+            crate::tls::client::empty()
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let key = std::env::var(API_KEY_ENV)
             .ok()
             .filter(|k| !k.trim().is_empty())
@@ -63,7 +92,7 @@ impl Remote {
         Ok(Remote {
             base,
             key: Secret::new(key.trim().to_owned()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             runtime,
         })
     }
@@ -87,10 +116,12 @@ impl Remote {
             )))
             .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
         let unreachable = |e: String| {
-            CliError::Io(format!(
-                "{}: {e}; is bentogate's admin listener there?",
-                self.base
-            ))
+            let hint = if e.contains("certificate") {
+                "the endpoint's certificate must chain to --ca-file (else the platform's roots) and name the endpoint's host"
+            } else {
+                "is bentogate's admin listener there?"
+            };
+            CliError::Io(format!("{}: {e}; {hint}", self.base))
         };
         let (status, bytes) = self.runtime.block_on(async {
             let exchange = async {
@@ -98,7 +129,7 @@ impl Remote {
                     .client
                     .request(req)
                     .await
-                    .map_err(|e| unreachable(e.to_string()))?;
+                    .map_err(|e| unreachable(crate::tls::client::chain(&e)))?;
                 let status = res.status();
                 let bytes = Limited::new(res.into_body(), 64 * 1024 * 1024)
                     .collect()

@@ -23,6 +23,7 @@ use crate::yaml;
 
 mod defaults;
 mod deployments;
+mod pg_tls;
 mod raw;
 mod resolve;
 mod tokens;
@@ -69,6 +70,8 @@ pub struct Config {
     /// The admin listener: the token API, introspection and, unless `probes` is set, health,
     /// readiness and metrics.
     pub admin: SocketAddr,
+    /// TLS on the admin listener (`admin.tls`); plain HTTP when absent.
+    pub admin_tls: Option<AdminTls>,
     /// The probe listener (`admin.probes`): only `/healthz`, `/readyz` and `/metrics`, so a port
     /// opened to the kubelet and to Prometheus never exposes the token API.
     pub probes: Option<SocketAddr>,
@@ -149,6 +152,66 @@ pub struct PostgresConfig {
     pub timeout: Duration,
     /// How long cached tokens keep passing while the database is unreachable.
     pub stale_if_error: Duration,
+    /// TLS to the server, from the connection string's `ssl*` keys (libpq's meaning).
+    pub tls: PgTls,
+}
+
+/// The TLS settings of the PostgreSQL connection, read from the libpq connection string; every
+/// connection (the pool, LISTEN, reconnects) uses them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgTls {
+    /// `sslmode`.
+    pub mode: SslMode,
+    /// `sslrootcert`: the anchors for `verify-ca`/`verify-full`.
+    pub root: Option<CaSource>,
+    /// `sslcert` and `sslkey`: the client certificate, when the server asks for one.
+    pub identity: Option<CertificatePair>,
+}
+
+/// libpq's `sslmode`, minus `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, unverified; plain text otherwise (libpq's default).
+    Prefer,
+    /// TLS or nothing; the certificate is not checked.
+    Require,
+    /// TLS; the chain must lead to `sslrootcert`; any name.
+    VerifyCa,
+    /// TLS; the chain must lead to `sslrootcert` and name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// As written in a connection string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Where a TLS client finds the certificates it trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// The platform's roots (rustls-native-certs).
+    System,
+    /// Only the certificates in this PEM file (a private CA).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for CaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaSource::System => f.write_str("system roots"),
+            CaSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -164,10 +227,18 @@ impl std::fmt::Debug for PostgresConfig {
 /// The `introspect` source: another bentogate's `/v1/introspect`.
 #[derive(Clone)]
 pub struct IntrospectConfig {
-    /// The endpoint, `http://host:port/v1/introspect`.
+    /// The endpoint, `http://` or `https://host:port/v1/introspect`.
     pub url: http::Uri,
-    /// This gateway's own token (with `read_cluster`) for calling it.
+    /// This gateway's own token (with `read_cluster`) for calling it, as read at start.
     pub token: std::sync::Arc<crate::token::Secret>,
+    /// The file the token came from, re-read when it changes (a rotated Secret); none when the
+    /// token is written in the configuration.
+    pub token_file: Option<PathBuf>,
+    /// For `https://`: the anchors the endpoint's certificate must chain to (`ca_file`, else
+    /// the platform's roots). The host name is always checked.
+    pub ca: CaSource,
+    /// For `https://`: this gateway's client certificate, if the endpoint asks for one.
+    pub identity: Option<CertificatePair>,
     /// How long cached positives keep passing while the endpoint is unreachable.
     pub stale_if_error: Duration,
     /// Deadline for one introspection call.
@@ -181,6 +252,15 @@ impl std::fmt::Debug for IntrospectConfig {
             .field("stale_if_error", &self.stale_if_error)
             .finish_non_exhaustive()
     }
+}
+
+/// TLS on the admin listener (`admin.tls`): the token API, the console, /metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminTls {
+    /// Certificates chosen by SNI, the first the default, as on the data plane.
+    pub certificates: Vec<CertificatePair>,
+    /// When set, every client must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// One client-facing listener.

@@ -99,6 +99,16 @@ pub(super) struct RawAdmin {
     pub(super) address: SocketAddr,
     #[serde(default)]
     pub(super) probes: Option<SocketAddr>,
+    #[serde(default)]
+    pub(super) tls: Option<RawAdminTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdminTls {
+    pub(super) certificates: Vec<RawCertificate>,
+    #[serde(default)]
+    pub(super) client_ca: Option<PathBuf>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -110,6 +120,7 @@ impl Default for RawAdmin {
         RawAdmin {
             address: default_admin(),
             probes: None,
+            tls: None,
         }
     }
 }
@@ -158,6 +169,10 @@ pub(super) struct RawIntrospect {
     pub(super) token: Option<String>,
     #[serde(default)]
     pub(super) token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) client_cert: Option<RawCertificate>,
     #[serde(default)]
     pub(super) stale_if_error: Option<Dur>,
     #[serde(default)]

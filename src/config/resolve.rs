@@ -16,8 +16,8 @@ use ipnet::IpNet;
 use super::defaults::*;
 use super::raw::{Dur, RawConfig, RawForwarding, RawLimits, RawListener, RawShutdown, RawThrottle};
 use super::{
-    is_hop_by_hop, CertificatePair, Config, ConfigError, ForwardingConfig, IdentityHeaders, Limits,
-    ListenerConfig, LogConfig, ShutdownConfig, ThrottleConfig,
+    is_hop_by_hop, AdminTls, CertificatePair, Config, ConfigError, ForwardingConfig,
+    IdentityHeaders, Limits, ListenerConfig, LogConfig, ShutdownConfig, ThrottleConfig,
 };
 use crate::yaml;
 
@@ -104,10 +104,32 @@ impl Resolver<'_> {
                 "must differ from admin.address: the probe listener exists to keep the token API off the probe port; pick another port, e.g. 0.0.0.0:9902",
             ));
         }
+        let admin_tls = match raw.admin.tls {
+            None => None,
+            Some(t) if t.certificates.is_empty() => {
+                return Err(self.error(
+                    "admin.tls.certificates",
+                    &["certificates:"],
+                    "a TLS admin listener needs at least one `{ cert: FILE, key: FILE }`",
+                ))
+            }
+            Some(t) => Some(AdminTls {
+                certificates: t
+                    .certificates
+                    .into_iter()
+                    .map(|c| CertificatePair {
+                        cert: base.join(c.cert),
+                        key: base.join(c.key),
+                    })
+                    .collect(),
+                client_ca: t.client_ca.map(|p| base.join(p)),
+            }),
+        };
         Ok(Config {
             origin: self.origin.to_owned(),
             listeners,
             admin: raw.admin.address,
+            admin_tls,
             probes,
             shutdown,
             tokens,

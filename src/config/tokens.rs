@@ -11,7 +11,10 @@ use std::time::Duration;
 use super::defaults::*;
 use super::raw::{RawIntrospect, RawPostgres, RawSourceKind, RawTokens};
 use super::resolve::Resolver;
-use super::{ConfigError, IntrospectConfig, PostgresConfig, TokensConfig};
+use super::{
+    pg_tls, CaSource, CertificatePair, ConfigError, IntrospectConfig, PostgresConfig, SslMode,
+    TokensConfig,
+};
 
 impl Resolver<'_> {
     pub(super) fn tokens(&self, raw: RawTokens, base: &Path) -> Result<TokensConfig, ConfigError> {
@@ -132,7 +135,17 @@ impl Resolver<'_> {
                 ))
             }
         };
-        let mut settings = tokio_postgres::Config::from_str(&url).map_err(|e| {
+        // The TLS keys are read here with libpq's meaning; tokio-postgres parses the rest.
+        let split = pg_tls::split(&url);
+        let tls = pg_tls::resolve(&split, base).map_err(|message| {
+            self.error(
+                "tokens.postgres.url",
+                &["url:", "url_file:"],
+                // Never the URL itself: it may hold a password.
+                message,
+            )
+        })?;
+        let mut settings = tokio_postgres::Config::from_str(&split.rest).map_err(|e| {
             self.error(
                 "tokens.postgres.url",
                 &["url:"],
@@ -147,13 +160,13 @@ impl Resolver<'_> {
                 "the connection string names no host; write it like postgres://bentogate@db:5432/bentogate",
             ));
         }
-        if settings.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(self.error(
-                "tokens.postgres.url",
-                &["url:"],
-                "sslmode=require: TLS to PostgreSQL is not supported in this build; connect over a private network or a local TLS tunnel and drop sslmode",
-            ));
-        }
+        settings.ssl_mode(match tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
         if let Some(path) = raw.password_file {
             let path = base.join(path);
             let password = std::fs::read_to_string(&path).map_err(|e| {
@@ -187,25 +200,45 @@ impl Resolver<'_> {
                 raw.stale_if_error,
                 DEFAULT_STALE_IF_ERROR,
             )?,
+            tls,
         })
     }
 
     fn introspect(&self, raw: RawIntrospect, base: &Path) -> Result<IntrospectConfig, ConfigError> {
         let url = http::Uri::from_str(&raw.url)
             .ok()
-            .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+            .filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+            })
             .ok_or_else(|| {
                 self.error(
                     "tokens.introspect.url",
                     &["url:"],
-                    format!("`{}` is not an http:// URL with a host (https is not supported in this build yet); write it like http://control-plane:9901/v1/introspect", raw.url),
+                    format!("`{}` is not an http:// or https:// URL with a host; write it like https://control-plane:9901/v1/introspect", raw.url),
                 )
             })?;
+        let https = url.scheme_str() == Some("https");
+        if !https && (raw.ca_file.is_some() || raw.client_cert.is_some()) {
+            return Err(self.error(
+                "tokens.introspect.ca_file",
+                &["ca_file:", "client_cert:"],
+                "ca_file and client_cert are used only with an https:// url; write the url with https://",
+            ));
+        }
+        let ca = match raw.ca_file {
+            Some(p) => CaSource::File(base.join(p)),
+            None => CaSource::System,
+        };
+        let identity = raw.client_cert.map(|c| CertificatePair {
+            cert: base.join(c.cert),
+            key: base.join(c.key),
+        });
+        let mut token_file = None;
         let token = match (raw.token, raw.token_file) {
             (Some(t), None) => t,
             (None, Some(path)) => {
                 let path = base.join(path);
-                std::fs::read_to_string(&path)
+                let token = std::fs::read_to_string(&path)
                     .map(|t| t.trim().to_owned())
                     .map_err(|e| {
                         self.error(
@@ -213,7 +246,9 @@ impl Resolver<'_> {
                             &["token_file:"],
                             format!("cannot read {}: {e}", path.display()),
                         )
-                    })?
+                    })?;
+                token_file = Some(path);
+                token
             }
             _ => {
                 return Err(self.error(
@@ -233,6 +268,9 @@ impl Resolver<'_> {
         Ok(IntrospectConfig {
             url,
             token: std::sync::Arc::new(crate::token::Secret::new(token)),
+            token_file,
+            ca,
+            identity,
             stale_if_error: self.positive(
                 "tokens.introspect.stale_if_error",
                 raw.stale_if_error,
@@ -365,11 +403,14 @@ mod tests {
         let missing = format!("{MINIMAL}tokens:\n  source: introspect\n");
         let e = parse(&missing).unwrap_err().to_string();
         assert!(e.contains("tokens.introspect") && e.contains("url"), "{e}");
-        let https = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"https://cp/v1/introspect\", token: \"{tok}\" }}\n");
-        assert!(parse(&https)
+        let https = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"https://cp/v1/introspect\", token: \"0123456789abcdefXYZ\", ca_file: /ca.pem }}\n");
+        let i = parse(&https).unwrap().tokens.introspect.unwrap();
+        assert_eq!(i.ca, super::super::CaSource::File("/ca.pem".into()));
+        let plain_with_ca = https.replace("https://", "http://");
+        assert!(parse(&plain_with_ca)
             .unwrap_err()
             .to_string()
-            .contains("tokens.introspect.url"));
+            .contains("tokens.introspect.ca_file"));
         let both = format!("{MINIMAL}tokens:\n  source: introspect\n  introspect: {{ url: \"http://cp/v1/introspect\", token: \"{tok}\", token_file: t }}\n");
         assert!(parse(&both)
             .unwrap_err()

@@ -22,6 +22,8 @@ pub struct Listeners {
     pub proxy: Vec<ProxyListener>,
     /// The admin listener.
     pub admin: TcpListener,
+    /// The admin listener's certificates (and client CA), when `admin.tls` is set.
+    pub admin_tls: Option<Arc<SniResolver>>,
     /// The probe listener (`admin.probes`), if configured.
     pub probes: Option<TcpListener>,
 }
@@ -47,6 +49,13 @@ impl Listeners {
             });
         }
         let admin = bind(config.admin).await?;
+        let admin_tls = match &config.admin_tls {
+            Some(t) => Some(Arc::new(SniResolver::load_with_client_ca(
+                &t.certificates,
+                t.client_ca.as_deref(),
+            )?)),
+            None => None,
+        };
         let probes = match config.probes {
             Some(address) => Some(bind(address).await?),
             None => None,
@@ -54,6 +63,7 @@ impl Listeners {
         Ok(Listeners {
             proxy,
             admin,
+            admin_tls,
             probes,
         })
     }

@@ -117,6 +117,7 @@ impl App {
                 metrics: Arc::clone(&metrics),
                 validator: Arc::clone(&validator),
                 resolvers: Mutex::new(Vec::new()),
+                admin_tls: Mutex::new(None),
                 throttle,
                 store,
             }),
@@ -172,6 +173,32 @@ impl App {
         if let Ok(mut r) = live.resolvers.lock() {
             *r = listeners.proxy.iter().map(|l| l.tls.clone()).collect();
         }
+        for l in &listeners.proxy {
+            if let (Some(resolver), Ok(addr)) = (&l.tls, l.listener.local_addr()) {
+                resolver.observe(format!("proxy {addr}"), Arc::clone(&metrics));
+            }
+        }
+        if let Some(resolver) = &listeners.admin_tls {
+            resolver.observe("admin".to_owned(), Arc::clone(&metrics));
+        }
+        if let Ok(mut a) = live.admin_tls.lock() {
+            a.clone_from(&listeners.admin_tls);
+        }
+        let admin_acceptor = match &listeners.admin_tls {
+            None => None,
+            Some(resolver) => {
+                loops.push(tokio::spawn(Arc::clone(resolver).watch(stop_rx.clone())));
+                match resolver.server_config() {
+                    Ok(c) => Some(TlsAcceptor::from(c)),
+                    Err(e) => {
+                        // Never fall back to plain text on a listener meant for TLS.
+                        tracing::error!(error = %e, "admin TLS listener not started; stopping");
+                        let _ = stop_tx.send(true);
+                        return;
+                    }
+                }
+            }
+        };
         for l in listeners.proxy {
             let acceptor = match &l.tls {
                 None => None,
@@ -221,7 +248,7 @@ impl App {
         };
         loops.push(tokio::spawn(accept_loop(
             listeners.admin,
-            None,
+            admin_acceptor,
             admin_handler,
             Arc::clone(&settings),
             Arc::new(Semaphore::new(limits.max_connections)),

@@ -47,6 +47,8 @@ pub(super) struct Live {
     pub(super) metrics: Arc<Metrics>,
     pub(super) validator: Arc<Validator>,
     pub(super) resolvers: Mutex<Vec<Option<Arc<SniResolver>>>>,
+    /// The admin listener's certificates, when it serves TLS.
+    pub(super) admin_tls: Mutex<Option<Arc<SniResolver>>>,
     /// Failed-authorization buckets shared by the proxy listeners, the token API and
     /// introspection, so a guesser cannot spread guesses over the three; kept across reloads.
     pub(super) throttle: Option<Arc<crate::throttle::Throttle>>,
@@ -123,6 +125,29 @@ impl Reloader {
             })?;
             staged.push((i, Arc::clone(resolver), pairs.clone()));
         }
+        let admin_tls = live
+            .admin_tls
+            .lock()
+            .map_err(|_| ReloadError::Poisoned)?
+            .clone();
+        let admin_pairs = match (&admin_tls, &applied.admin_tls) {
+            (Some(resolver), Some(t)) => {
+                SniResolver::load(&t.certificates).map_err(|e| ReloadError::Listener {
+                    address: applied.admin,
+                    source: e,
+                })?;
+                Some((resolver, t.certificates.clone()))
+            }
+            _ => None,
+        };
+        if let Some((resolver, pairs)) = admin_pairs {
+            resolver
+                .replace(&pairs)
+                .map_err(|e| ReloadError::Listener {
+                    address: applied.admin,
+                    source: e,
+                })?;
+        }
         for (i, resolver, pairs) in staged {
             resolver
                 .replace(&pairs)
@@ -170,6 +195,16 @@ fn keep_running_parts(running: &Config, new: &mut Config) {
     for (l, t) in new.listeners.iter_mut().zip(tls) {
         if l.tls.is_some() && t.is_some() {
             l.tls = t;
+        }
+    }
+    let same_client_ca = running.admin_tls.as_ref().map(|t| &t.client_ca)
+        == new.admin_tls.as_ref().map(|t| &t.client_ca);
+    if running.admin_tls.is_some() != new.admin_tls.is_some() || !same_client_ca {
+        tracing::warn!("turning admin.tls on or off, or changing admin.tls.client_ca's path, needs a restart; kept the running admin listener (its certificates were reloaded)");
+        let certificates = new.admin_tls.take().map(|t| t.certificates);
+        new.admin_tls = running.admin_tls.clone();
+        if let (Some(t), Some(c)) = (new.admin_tls.as_mut(), certificates) {
+            t.certificates = c;
         }
     }
     if running.admin != new.admin {

@@ -1,18 +1,26 @@
 //! The `introspect` token source: a sidecar that holds no store asks a central bentogate's
 //! `POST /v1/introspect` (RFC 7662) and rebuilds the token record from the answer.
 //!
-//! Owns the HTTP call, reading the answer back into a [`Token`], and reachability (for /readyz):
-//! every call updates it, and [`IntrospectSource::probe_every`] keeps it current when no request
-//! comes. Caching, coalescing and stale-if-error belong to the validator.
+//! Owns the HTTP(S) call, reading the answer back into a [`Token`], and reachability (for
+//! /readyz): every call updates it, and [`IntrospectSource::probe_every`] keeps it current when
+//! no request comes. Caching, coalescing and stale-if-error belong to the validator.
+//!
+//! Over `https://` the endpoint's certificate must chain to `ca_file` (else the platform's roots)
+//! and name the URL's host; there is no switch to skip either. This gateway's own token is
+//! re-read from `token_file` when the file changes (a Kubernetes Secret rotates by swapping a
+//! symlink), and at once when the endpoint refuses it, before the call is retried: a rotation
+//! where the old token is revoked right after the new one is mounted fails no lookup.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,7 +28,11 @@ use serde::Deserialize;
 
 use crate::config::IntrospectConfig;
 use crate::metrics::Metrics;
-use crate::token::{Digest, OwnerKind, Scopes, Token};
+use crate::tls::client::Verify;
+use crate::token::{Digest, OwnerKind, Scopes, Secret, Token};
+
+/// How often the token file is checked for a rotated token.
+const TOKEN_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Why an introspection call gave no answer (the token's status is then unknown).
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +51,11 @@ pub enum IntrospectError {
 /// A remote control plane as a token source.
 pub struct IntrospectSource {
     config: IntrospectConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// This gateway's own token: from the configuration, replaced when its file changes.
+    token: ArcSwap<Secret>,
+    /// Serializes re-reads of the token file (the watcher and refused calls).
+    reread: tokio::sync::Mutex<()>,
     reachable: AtomicBool,
     last_error: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
@@ -77,21 +93,81 @@ enum Aud {
 
 impl IntrospectSource {
     /// A source asking `config.url`; nothing is called until the first lookup or probe.
-    /// Failed calls, probes included, count in `metrics`' source failures.
-    pub fn new(config: IntrospectConfig, metrics: Arc<Metrics>) -> IntrospectSource {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.timeout));
+    /// Failed calls, probes included, count in `metrics`' source failures. Fails when the
+    /// https endpoint's CA file or the client certificate cannot be loaded.
+    pub fn new(
+        config: IntrospectConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<IntrospectSource, crate::tls::TlsError> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeout));
+        http.enforce_http(false);
+        let tls = if config.url.scheme_str() == Some("https") {
+            crate::tls::client::config(Verify::Full(&config.ca), config.identity.as_ref(), &[])?
+        } else {
+            crate::tls::client::empty()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        IntrospectSource {
+        Ok(IntrospectSource {
+            token: ArcSwap::new(Arc::clone(&config.token)),
+            reread: tokio::sync::Mutex::new(()),
             config,
             client,
             reachable: AtomicBool::new(true),
             last_error: Mutex::new(None),
             metrics,
+        })
+    }
+
+    /// Re-reads `token_file`; true when it held a new token, now in use. An unreadable file or
+    /// one that holds no token keeps the current token (logged, never the value).
+    async fn reread_token(&self) -> bool {
+        let Some(path) = &self.config.token_file else {
+            return false;
+        };
+        let _one = self.reread.lock().await;
+        let text = match tokio::fs::read_to_string(path).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "introspection token file unreadable; keeping the current token");
+                return false;
+            }
+        };
+        let new = text.trim();
+        if new == self.token.load().expose() {
+            return false;
         }
+        if crate::token::check(new.as_bytes()).is_err() {
+            tracing::warn!(file = %path.display(), "introspection token file holds no token (yet); keeping the current token");
+            return false;
+        }
+        self.token.store(Arc::new(Secret::new(new.to_owned())));
+        tracing::info!(file = %path.display(), "introspection token rotated");
+        true
+    }
+
+    /// Re-reads the token file every second until `shutdown`, so a rotated Secret is used
+    /// before the old token is revoked.
+    pub async fn watch_token_file(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.config.token_file.is_none() {
+            return;
+        }
+        crate::periodic::every(TOKEN_FILE_POLL, shutdown, || {
+            let me = Arc::clone(&self);
+            async move {
+                me.reread_token().await;
+            }
+        })
+        .await
     }
 
     /// The endpoint asked.
@@ -145,7 +221,28 @@ impl IntrospectSource {
         outcome
     }
 
+    /// One call; when the endpoint refuses this gateway's token and the token file holds a
+    /// newer one, once more with it.
     async fn call(
+        &self,
+        value: &[u8],
+        digest: Digest,
+    ) -> Result<Option<Arc<Token>>, IntrospectError> {
+        match self.call_once(value, digest).await {
+            Err(IntrospectError::Refused(s))
+                if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN =>
+            {
+                if self.reread_token().await {
+                    self.call_once(value, digest).await
+                } else {
+                    Err(IntrospectError::Refused(s))
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn call_once(
         &self,
         value: &[u8],
         digest: Digest,
@@ -153,7 +250,7 @@ impl IntrospectSource {
         let body: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("token", &String::from_utf8_lossy(value))
             .finish();
-        let mut credential = HeaderValue::from_str(self.config.token.expose())
+        let mut credential = HeaderValue::from_str(self.token.load().expose())
             .map_err(|_| IntrospectError::Refused(StatusCode::UNAUTHORIZED))?;
         credential.set_sensitive(true);
         let req = Request::builder()
@@ -168,7 +265,7 @@ impl IntrospectSource {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| IntrospectError::Unreachable(e.to_string()))?;
+                .map_err(|e| IntrospectError::Unreachable(crate::tls::client::chain(&e)))?;
             let status = res.status();
             let bytes = Limited::new(res.into_body(), 64 * 1024)
                 .collect()
@@ -198,7 +295,7 @@ impl IntrospectSource {
         crate::periodic::every(every, shutdown, || {
             let me = Arc::clone(&self);
             async move {
-                let own = me.config.token.expose().as_bytes().to_vec();
+                let own = me.token.load().expose().as_bytes().to_vec();
                 let _ = me.lookup(&own, Digest::of(&own)).await;
             }
         })

@@ -129,6 +129,9 @@ pub enum OpenError {
     /// The token database could not be reached or migrated.
     #[error("token database: {0}; check tokens.postgres.url and that the server is up")]
     Database(#[from] PgError),
+    /// The introspection endpoint's CA or client certificate could not be loaded.
+    #[error("tokens.introspect: {0}")]
+    Introspect(#[from] crate::tls::TlsError),
 }
 
 /// The one place a configuration picks its token source. A database source is listening for
@@ -141,7 +144,7 @@ pub async fn open(
         return Ok(Arc::new(IntrospectSource::new(
             remote.clone(),
             Arc::clone(metrics),
-        )));
+        )?));
     }
     if let Some(pg) = &config.postgres {
         let db = Arc::new(PgSource::connect(pg.clone(), Arc::clone(metrics)).await?);
@@ -288,9 +291,10 @@ impl TokenSource for IntrospectSource {
         _flush_every: Duration,
         stop: watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
-        vec![tokio::spawn(
-            self.probe_every(INTROSPECT_PROBE_INTERVAL, stop),
-        )]
+        vec![
+            tokio::spawn(Arc::clone(&self).watch_token_file(stop.clone())),
+            tokio::spawn(self.probe_every(INTROSPECT_PROBE_INTERVAL, stop)),
+        ]
     }
 
     fn flush_usage(self: Arc<Self>, _used: UsedTokens) -> Work {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bentogate::config::Config;
 use bentogate::server::Running;
+pub mod pki;
 pub mod store_suite;
 
 use bentogate::store::file::update;

@@ -26,6 +26,7 @@
 //! queries.rs  lookups, last-use flushes, and the per-record operations (TokenStore): get, insert,
 //!             delete, edit, pages and searches, members, imports, the export
 //! notify.rs   LISTEN/NOTIFY: the subscription, reconnects with backoff, evictions, payloads
+//! tls.rs      TLS for every connection (rustls), from the connection string's ssl* keys
 //! ```
 //!
 //! Only `notify` acts on a notification; only `queries` writes members and tokens and sends NOTIFY.
@@ -34,6 +35,7 @@ mod notify;
 mod pool;
 mod queries;
 mod schema;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::{Eviction, PgError, PgSource, CHANNEL};
 use crate::token::Digest;
@@ -56,8 +56,12 @@ impl PgSource {
     pub async fn subscribe(&self) -> Result<Session, PgError> {
         let mut settings = self.config.settings.clone();
         settings.connect_timeout(self.config.timeout);
+        // The same TLS as the pool; the files are read again on every reconnect, so a rotated
+        // CA or client certificate is picked up without a restart.
+        let tls = super::tls::MakeRustls::new(&self.config.tls)
+            .map_err(|e| PgError::Database(format!("tokens.postgres.url TLS settings: {e}")))?;
         let (client, mut connection) =
-            match tokio::time::timeout(self.config.timeout, settings.connect(NoTls)).await {
+            match tokio::time::timeout(self.config.timeout, settings.connect(tls)).await {
                 Ok(connected) => connected?,
                 Err(_) => return Err(PgError::Timeout(self.config.timeout)),
             };

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use super::{PgError, PgSource};
 use crate::config::PostgresConfig;
@@ -29,9 +28,11 @@ impl PgSource {
         if settings.get_application_name().is_none() {
             settings.application_name("bentogate");
         }
+        let tls = super::tls::MakeRustls::new(&config.tls)
+            .map_err(|e| PgError::Database(format!("tokens.postgres.url TLS settings: {e}")))?;
         let manager = Manager::from_config(
             settings,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -54,7 +55,10 @@ impl PgSource {
             flushed: Mutex::new(HashMap::new()),
             metrics,
         };
-        source.migrate().await?;
+        source
+            .migrate()
+            .await
+            .map_err(|e| hint(e, source.config.tls.mode))?;
         Ok(source)
     }
 
@@ -108,5 +112,18 @@ impl PgSource {
         if let Ok(mut last) = self.last_error.lock() {
             *last = error;
         }
+    }
+}
+
+/// Adds what to set when a server that takes TCP connections only over TLS refused a plain one
+/// (its pg_hba.conf has `hostssl` lines only): libpq users know the message, not the key.
+fn hint(e: PgError, mode: crate::config::SslMode) -> PgError {
+    match e {
+        PgError::Database(m) if mode == crate::config::SslMode::Disable && m.contains("no encryption") => {
+            PgError::Database(format!(
+                "{m} (the server accepts only TLS: set sslmode=require, or verify-full with sslrootcert, in tokens.postgres.url)"
+            ))
+        }
+        other => other,
     }
 }

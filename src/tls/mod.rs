@@ -8,18 +8,25 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::CertificatePair;
+
+pub mod client;
+mod client_auth;
+pub mod expiry;
+
+pub use client_auth::ClientCa;
 
 /// How often certificate files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -65,12 +72,26 @@ struct CertSet {
 type Stamp = (PathBuf, Option<SystemTime>, u64);
 
 /// Picks a certificate by SNI; swapped whole on reload.
-#[derive(Debug)]
 pub struct SniResolver {
     set: ArcSwap<CertSet>,
     pairs: ArcSwap<Vec<CertificatePair>>,
     /// The files as last read, to notice changes.
     stamps: Mutex<Vec<Stamp>>,
+    /// Mutual TLS: the CA client certificates must chain to (admin listener only).
+    client_ca: Option<Arc<ClientCa>>,
+    /// Where expiries are reported once the server runs: the listener's name and the metrics.
+    observer: OnceLock<(String, Arc<crate::metrics::Metrics>)>,
+    /// The certificate files last reported, to drop the series of a removed one.
+    reported: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("pairs", &self.pairs.load())
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
@@ -95,11 +116,71 @@ impl ResolvesServerCert for SniResolver {
 impl SniResolver {
     /// Loads every pair; the first is the default for clients that send no matching name.
     pub fn load(pairs: &[CertificatePair]) -> Result<SniResolver, TlsError> {
+        SniResolver::load_with_client_ca(pairs, None)
+    }
+
+    /// As [`SniResolver::load`], and with `client_ca`, every client must present a certificate
+    /// that chains to it (the CA file is reloaded like the certificates).
+    pub fn load_with_client_ca(
+        pairs: &[CertificatePair],
+        client_ca: Option<&Path>,
+    ) -> Result<SniResolver, TlsError> {
         Ok(SniResolver {
             stamps: Mutex::new(stamps(pairs)),
             set: ArcSwap::from_pointee(load_set(pairs)?),
             pairs: ArcSwap::from_pointee(pairs.to_vec()),
+            client_ca: match client_ca {
+                Some(path) => Some(Arc::new(ClientCa::load(path)?)),
+                None => None,
+            },
+            observer: OnceLock::new(),
+            reported: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Reports this listener's certificate expiries now and after every reload: the metric
+    /// `bentogate_tls_certificate_expiry_seconds{listener, cert}` and one log line each, a
+    /// warning within [`expiry::WARN_BEFORE_SECS`].
+    pub fn observe(&self, listener: String, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.observer.set((listener, metrics));
+        self.report();
+    }
+
+    fn report(&self) {
+        let Some((listener, metrics)) = self.observer.get() else {
+            return;
+        };
+        let now = crate::clock::now();
+        let pairs = self.pairs.load_full();
+        let files: Vec<String> = pairs.iter().map(|p| p.cert.display().to_string()).collect();
+        if let Ok(mut before) = self.reported.lock() {
+            for gone in before.iter().filter(|f| !files.contains(f)) {
+                let _ = metrics
+                    .tls_certificate_expiry
+                    .remove_label_values(&[listener, gone]);
+            }
+            before.clone_from(&files);
+        }
+        for file in &files {
+            let Some(not_after) = expiry::file_not_after(Path::new(file)) else {
+                continue;
+            };
+            metrics
+                .tls_certificate_expiry
+                .with_label_values(&[listener, file])
+                .set(not_after);
+            let when = expiry::describe(not_after, now);
+            if not_after - now < expiry::WARN_BEFORE_SECS {
+                tracing::warn!(listener = %listener, cert = %file, "TLS certificate {when}; renew it");
+            } else {
+                tracing::info!(listener = %listener, cert = %file, "TLS certificate {when}");
+            }
+        }
+    }
+
+    /// The certificates' files as configured now.
+    pub fn pairs(&self) -> Arc<Vec<CertificatePair>> {
+        self.pairs.load_full()
     }
 
     /// Replaces the certificates (SIGHUP with a new list); on error the old set stays.
@@ -111,12 +192,16 @@ impl SniResolver {
         if let Ok(mut s) = self.stamps.lock() {
             *s = now;
         }
+        self.report();
         Ok(())
     }
 
     /// Reloads if any file changed since the last load; a broken new file keeps the old set
     /// (logged). Returns true when a new set is live.
     pub fn reload_if_changed(&self) -> bool {
+        if let Some(ca) = &self.client_ca {
+            ca.reload_if_changed();
+        }
         let pairs = self.pairs.load_full();
         let now = stamps(&pairs);
         {
@@ -133,6 +218,7 @@ impl SniResolver {
             Ok(set) => {
                 self.set.store(Arc::new(set));
                 tracing::info!(certificates = pairs.len(), "TLS certificates reloaded");
+                self.report();
                 true
             }
             Err(e) => {
@@ -150,7 +236,10 @@ impl SniResolver {
                 path: "<tls>".into(),
                 message: e.to_string(),
             })?
-            .with_no_client_auth()
+            .with_client_cert_verifier(match &self.client_ca {
+                Some(ca) => Arc::clone(ca) as Arc<dyn ClientCertVerifier>,
+                None => WebPkiClientVerifier::no_client_auth(),
+            })
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
