@@ -17,6 +17,7 @@
 //!
 //! Every answer the gateway gives itself is a [`Reject`], turned into HTTP in one place.
 
+pub mod access_log;
 pub mod headers;
 pub mod reject;
 pub mod request_id;
@@ -48,6 +49,7 @@ use crate::route::{Route, RouteTable};
 use crate::throttle::Throttle;
 use crate::token::Token;
 use crate::validator::{Validator, Verdict};
+use access_log::{log, Logged};
 pub use reject::Reject;
 use request_id::{RequestIds, X_REQUEST_ID};
 use upstream::{UpstreamBody, UpstreamClient};
@@ -106,16 +108,6 @@ impl<'a> From<(Option<&'a Route>, Reject)> for Refused<'a> {
             token: None,
         }
     }
-}
-
-/// What the access log needs beyond the response, captured only when it is on.
-struct Logged {
-    method: Method,
-    uri: Uri,
-    host: Option<HeaderValue>,
-    bytes_in: Option<u64>,
-    /// The normalized path, when it differs from the one sent.
-    path: Option<String>,
 }
 
 /// A request that passed the check, route and authorize phases.
@@ -275,7 +267,7 @@ where
         if let Some(logged) = &logged {
             log(
                 logged,
-                client,
+                client.addr,
                 route.map(|r| &*r.name),
                 &res,
                 outcome,
@@ -537,41 +529,6 @@ where
             "upstream request failed"
         );
     }
-}
-
-/// One access-log line (`bentogate::access`). Written only when `log.access` is on; never a
-/// token value, a credential header or the query string.
-#[allow(clippy::too_many_arguments)]
-fn log<B: Body>(
-    logged: &Logged,
-    client: Peer,
-    deployment: Option<&str>,
-    res: &Response<B>,
-    outcome: Outcome,
-    token: Option<&Token>,
-    request_id: &HeaderValue,
-    started: Instant,
-) {
-    let host = logged
-        .host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| logged.uri.authority().map(|a| a.as_str()));
-    tracing::info!(
-        target: "bentogate::access",
-        client = %client.addr,
-        host = host.unwrap_or("-"),
-        method = %logged.method,
-        path = logged.path.as_deref().unwrap_or(logged.uri.path()),
-        deployment = deployment.unwrap_or("-"),
-        status = res.status().as_u16(),
-        decision = outcome.as_str(),
-        bytes_in = logged.bytes_in,
-        bytes_out = res.body().size_hint().exact(),
-        request_id = request_id.to_str().unwrap_or("-"),
-        token_uid = token.map_or("-", |t| t.uid.as_str()),
-        latency_us = started.elapsed().as_micros() as u64,
-    );
 }
 
 /// What admission decided the upstream is sent: the routed host, the path if it changed, and

@@ -23,17 +23,21 @@
 //! mod.rs      PgSource, its errors and eviction types, accessors of plain fields
 //! pool.rs     connecting, the pool, deadlines, reachability and how the database is named
 //! schema.rs   the migrations, schema versions and the migration lock
-//! queries.rs  lookups, last-use flushes, and the per-record operations (TokenStore): get, insert,
-//!             delete, edit, pages and searches, members, imports, the export
+//! queries.rs  lookups by digest, last-use flushes, how rows read back
+//! records.rs  the per-record operations (TokenStore): get, insert, delete, edit, pages,
+//!             members, imports, the export, each in one transaction with its NOTIFY
+//! page.rs     the SQL of one page of the listing and of its total
 //! notify.rs   LISTEN/NOTIFY: the subscription, reconnects with backoff, evictions, payloads
 //! tls.rs      TLS for every connection (rustls), from the connection string's ssl* keys
 //! ```
 //!
-//! Only `notify` acts on a notification; only `queries` writes members and tokens and sends NOTIFY.
+//! Only `notify` acts on a notification; only `records` writes members and tokens and sends NOTIFY.
 
 mod notify;
+mod page;
 mod pool;
 mod queries;
+mod records;
 mod schema;
 mod tls;
 
