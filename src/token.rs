@@ -74,6 +74,30 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
+/// `text` with every bentogate token value in it (`bgt_` and what follows it of the value's
+/// alphabet) replaced by `bgt_(redacted)`. For parser messages about files and requests, which
+/// may repeat what they could not read: a value pasted into the wrong field of a token file or a
+/// config must not reach a log line, `/readyz` or an error body.
+pub fn redact_values(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(PREFIX) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        out.push_str(&rest[..at]);
+        out.push_str(PREFIX);
+        out.push_str("(redacted)");
+        let after = &rest[at + PREFIX.len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-._~+/=".contains(c)))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Why a presented value was refused before any lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
@@ -528,6 +552,25 @@ pub fn show_time(t: Option<UnixSeconds>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_in_messages_are_redacted_and_nothing_else() {
+        let v = Secret::generate().unwrap();
+        let text = format!(
+            "unknown variant `{}`, and \"{}\" again",
+            v.expose(),
+            v.expose()
+        );
+        let out = redact_values(&text);
+        assert_eq!(
+            out,
+            "unknown variant `bgt_(redacted)`, and \"bgt_(redacted)\" again"
+        );
+        assert!(matches!(
+            redact_values("no value here"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn generated_values_pass_their_own_check() {

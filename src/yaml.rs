@@ -39,7 +39,7 @@ impl Error {
 
     /// What is wrong, without the key and location the parser puts around it.
     pub fn message(&self) -> String {
-        let full = self.inner.to_string();
+        let full = crate::token::redact_values(&self.inner.to_string()).into_owned();
         // serde_yaml says "path.to.key: what is wrong at line L column C"; keep only what is wrong.
         let without_location = match full.rfind(" at line ") {
             Some(at) => &full[..at],
@@ -54,7 +54,8 @@ impl Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.inner, f)
+        // Parser messages may repeat a value they could not read: never a token's.
+        f.write_str(&crate::token::redact_values(&self.inner.to_string()))
     }
 }
 

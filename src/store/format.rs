@@ -91,7 +91,8 @@ impl TokenFile {
         let corrupt = |line: Option<usize>, message: String| StoreError::Corrupt {
             path: origin.display().to_string(),
             line,
-            message,
+            // A value pasted into the file by mistake must not reach the log or /readyz.
+            message: crate::token::redact_values(&message).into_owned(),
         };
         let file: TokenFile = if text.trim_start().starts_with('{') {
             serde_json::from_str(text).map_err(|e| corrupt(Some(e.line()), e.to_string()))?
@@ -191,7 +192,7 @@ fn write_lines<T: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{Digest, OwnerKind};
+    use crate::token::{Digest, OwnerKind, Secret};
 
     fn token(uid: &str, kind: OwnerKind, user: &str) -> Token {
         let owner = (kind == OwnerKind::Personal).then(|| user.to_owned());
@@ -239,6 +240,23 @@ mod tests {
         f.tokens.pop();
         f.tokens[0].deployments.clear();
         assert!(f.validate().unwrap_err().contains("no access"));
+    }
+
+    #[test]
+    fn a_token_value_in_the_file_never_reaches_the_error() {
+        let value = Secret::generate().unwrap();
+        let value = value.expose();
+        for text in [
+            format!("tokens:\n  - uid: u\n    kind: {value}\n"),
+            format!("{{\"tokens\": [{{\"uid\": \"u\", \"kind\": \"{value}\"}}]}}"),
+            format!("organization: {value}\n"),
+        ] {
+            let e = TokenFile::parse(&text, Path::new("t.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(&value[4..]), "{e}");
+            assert!(e.contains("bgt_(redacted)"), "{e}");
+        }
     }
 
     #[test]
