@@ -140,7 +140,6 @@ async fn the_cli_and_the_server_write_one_token_file_at_once_and_nothing_is_lost
 /// once more when it works again; never on every flush.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_last_use_location_is_warned_about_once_not_per_flush() {
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
     let u = upstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -160,20 +159,10 @@ async fn an_unwritable_last_use_location_is_warned_about_once_not_per_flush() {
         ),
     )
     .unwrap();
-    let mut child = ProcessGroup::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bentogate"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let err = child.0.stderr.take().unwrap();
+    let (_child, raw, listening) = serve_binary(&config);
     let (tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+        for line in raw {
             if let Ok(v) = serde_json::from_str(&line) {
                 let _ = tx.send(v);
             }
@@ -197,17 +186,7 @@ async fn an_unwritable_last_use_location_is_warned_about_once_not_per_flush() {
         }
         false
     }
-    assert!(next(
-        &lines,
-        &mut seen,
-        &|v| v["message"] == "listening",
-        Duration::from_secs(10)
-    ));
-    let proxy: std::net::SocketAddr = seen.last().unwrap()["proxy_addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let proxy: std::net::SocketAddr = listening["proxy_addr"].as_str().unwrap().parse().unwrap();
     // Uses in four different seconds: at least three flushes with a newer use, all failing.
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(3_500) {

@@ -8,13 +8,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{eventually, status, upstream, ProcessGroup};
+use common::{eventually, serve_binary, status, upstream, ProcessGroup};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -29,40 +29,13 @@ struct Served {
 }
 
 fn serve(config: &std::path::Path) -> Served {
-    let mut child = ProcessGroup::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bentogate"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let err = child.0.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("no listening line");
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["message"] == "listening" {
-            let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
-            return Served {
-                proxy: addr("proxy_addr"),
-                admin: addr("admin_addr"),
-                probes: addr("probes_addr"),
-                child,
-            };
-        }
+    let (child, _lines, listening) = serve_binary(config);
+    let addr = |k: &str| listening[k].as_str().unwrap().parse().unwrap();
+    Served {
+        proxy: addr("proxy_addr"),
+        admin: addr("admin_addr"),
+        probes: addr("probes_addr"),
+        child,
     }
 }
 

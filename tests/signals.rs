@@ -9,11 +9,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{add_token, free_port, metrics, send, upstream, Grant, ProcessGroup};
+use common::{add_token, free_port, metrics, send, serve_binary, upstream, Grant, ProcessGroup};
 use http::StatusCode;
 
 struct Served {
@@ -42,40 +42,13 @@ fn serve(dir: &Path, up: SocketAddr) -> Served {
         ),
     )
     .unwrap();
-    let mut child = ProcessGroup::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bentogate"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let err = child.0.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("no listening line");
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["message"] == "listening" {
-            let addr = |k: &str| v[k].as_str().unwrap().parse().unwrap();
-            return Served {
-                proxy: addr("proxy_addr"),
-                probes: addr("probes_addr"),
-                _child: child,
-                lines,
-            };
-        }
+    let (child, lines, listening) = serve_binary(&config);
+    let addr = |k: &str| listening[k].as_str().unwrap().parse().unwrap();
+    Served {
+        proxy: addr("proxy_addr"),
+        probes: addr("probes_addr"),
+        _child: child,
+        lines,
     }
 }
 

@@ -276,6 +276,47 @@ pub fn delete_token(file: &Path, uid: &str) {
     .unwrap();
 }
 
+/// `bentogate serve --config CONFIG` (a config with `log: {format: json}`), its stderr lines on
+/// a channel, and its "listening" line (with `proxy_addr`, `admin_addr`, `probes_addr`), read
+/// within 10 s.
+pub fn serve_binary(
+    config: &Path,
+) -> (
+    ProcessGroup,
+    std::sync::mpsc::Receiver<String>,
+    serde_json::Value,
+) {
+    use std::process::{Command, Stdio};
+    let mut child = ProcessGroup::spawn(
+        Command::new(env!("CARGO_BIN_EXE_bentogate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let err = child.0.stderr.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no listening line");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "listening" {
+                return (child, lines, v);
+            }
+        }
+    }
+}
+
 /// The token file at `path` as the CLI opens it (a store of its own, not watched).
 pub fn file_store(path: &Path) -> bentogate::store::FileSource {
     let metrics = std::sync::Arc::new(bentogate::metrics::Metrics::new().unwrap());
