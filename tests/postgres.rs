@@ -839,6 +839,13 @@ async fn migrate_moves_a_file_store_into_the_database_and_back() {
             ..Grant::to(&["a"])
         },
     );
+    // A last use recorded beside the file travels with its token (one nobody uses below).
+    let (idle_uid, _) = add_token(&file, Grant::to(&["a"]));
+    std::fs::write(
+        bentogate::store::usage::path_for(&file),
+        format!("{{\"{idle_uid}\": 1700000000}}"),
+    )
+    .unwrap();
     let before = bentogate::store::usage::load_for_display(&file).unwrap();
 
     let said = cli(
@@ -847,7 +854,7 @@ async fn migrate_moves_a_file_store_into_the_database_and_back() {
     )
     .await;
     assert!(
-        said.contains("imported 1 of 1 members and 2 of 2 tokens"),
+        said.contains("imported 1 of 1 members and 3 of 3 tokens"),
         "{said}"
     );
     // Idempotent: a second run adds nothing.
@@ -857,7 +864,7 @@ async fn migrate_moves_a_file_store_into_the_database_and_back() {
     )
     .await;
     assert!(
-        said.contains("imported 0 of 1 members and 0 of 2 tokens"),
+        said.contains("imported 0 of 1 members and 0 of 3 tokens"),
         "{said}"
     );
 
@@ -896,6 +903,8 @@ async fn migrate_moves_a_file_store_into_the_database_and_back() {
     };
     assert_eq!(key(&after), key(&before));
     assert_eq!(after.members, before.members);
+    let idle_after = after.tokens.iter().find(|t| t.uid == idle_uid).unwrap();
+    assert_eq!(idle_after.last_used_at, Some(1_700_000_000));
     // It never overwrites.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bentogate"));
     let cfg = dir.path().join("pg.yaml");

@@ -47,7 +47,9 @@ pub fn migrate(args: &MigrateArgs, config: &Config, out: &mut dyn Write) -> Resu
         (Some(from), None) => {
             let text = std::fs::read_to_string(from).map_err(|e| StoreError::io(from, e))?;
             let mut file = TokenFile::parse(&text, from)?;
-            crate::store::usage::merge(&mut file, &crate::store::usage::read(from));
+            // Last uses beside the file (`<file>.last-used`) travel with their tokens.
+            let usage = crate::store::usage::read(&crate::store::usage::path_for(from));
+            crate::store::usage::merge(&mut file, &usage);
             let offered = (file.members.len(), file.tokens.len());
             let (members, tokens) = local.run(|store| store.import(file))?;
             format!(
