@@ -17,6 +17,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
+use crate::console::Console;
 use crate::control::api::Api;
 use crate::control::introspect::Introspection;
 use crate::control::Store;
@@ -38,12 +39,20 @@ pub struct Admin {
     throttle: Option<Arc<Throttle>>,
     /// The admin listener serves TLS (`admin.tls`): cookies must be `Secure` and `__Host-`.
     tls: bool,
+    /// The web console (`admin.console`), when enabled and this gateway holds a store.
+    console: Option<Arc<Console>>,
 }
 
 impl Admin {
     /// Records whether the admin listener serves TLS, for [`Admin::cookies`].
     pub fn with_tls(mut self, tls: bool) -> Admin {
         self.tls = tls;
+        self
+    }
+
+    /// Serves the web console (its pages and the browser-login API) on this listener.
+    pub fn with_console(mut self, console: Option<Arc<Console>>) -> Admin {
+        self.console = console;
         self
     }
 
@@ -74,6 +83,7 @@ impl Admin {
             validator,
             draining,
             tls: false,
+            console: None,
         }
     }
 
@@ -84,6 +94,18 @@ impl Admin {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path();
+        if let Some(console) = self
+            .console
+            .as_ref()
+            .filter(|_| crate::console::serves(path))
+        {
+            let (parts, body) = req.into_parts();
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(res) => return res,
+            };
+            return console.handle(&parts, body, peer).await;
+        }
         if path.starts_with("/api/v1/") || path == "/v1/introspect" {
             return self.control(req, peer).await;
         }
@@ -167,19 +189,9 @@ impl Admin {
                 return res;
             }
         }
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                let status = if e.is::<http_body_util::LengthLimitError>() {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return json(
-                    status,
-                    serde_json::json!({ "error": format!("reading the body: {e}") }).to_string(),
-                );
-            }
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(res) => return res,
         };
         if let Some(store) = self.store.clone() {
             // Judge the caller against the file as it is now, not as of the last poll.
@@ -232,6 +244,28 @@ impl Admin {
             "token_source": report.detail,
         });
         json(status, body.to_string())
+    }
+}
+
+/// Reads a control-plane or console request body, at most [`MAX_BODY_BYTES`].
+async fn read_body<B>(body: B) -> Result<Bytes, Response<Full<Bytes>>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Err(json(
+                status,
+                serde_json::json!({ "error": format!("reading the body: {e}") }).to_string(),
+            ))
+        }
     }
 }
 
@@ -326,13 +360,18 @@ mod tests {
     }
 }
 
-/// How the console's cookies are set on the admin listener; read by the console when it comes.
+/// How the console's cookies are set on the admin listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CookiePolicy {
     tls: bool,
 }
 
 impl CookiePolicy {
+    /// The policy of a listener that serves TLS (`tls`) or plain HTTP.
+    pub fn new(tls: bool) -> CookiePolicy {
+        CookiePolicy { tls }
+    }
+
     /// True when cookies carry `Secure` (the admin listener serves TLS).
     pub fn secure(self) -> bool {
         self.tls

@@ -90,6 +90,36 @@ fn main() -> ExitCode {
                 }),
             },
         },
+        Command::Member {
+            command: cli::MemberCommand::LoginLink { name, url },
+            common,
+        } => {
+            if common.endpoint().is_some() {
+                return fail(
+                    2,
+                    "member login-link runs where the token store is (the token file or the database), not through --endpoint",
+                );
+            }
+            let base = match (&url, cli::load_config(common.config.as_deref())) {
+                (Some(u), _) => u.clone(),
+                (None, Ok(c)) => {
+                    let scheme = if c.admin_tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    let mut addr = c.admin;
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    format!("{scheme}://{addr}")
+                }
+                (None, Err(e)) => return fail(2, &e.to_string()),
+            };
+            with_token_file(&common, |file, out| {
+                cli::member::login_link(&name, &base, file, common.output, out)
+            })
+        }
         Command::Member { command, common } => match common.endpoint() {
             Some(endpoint) => with_remote(&endpoint, common.ca_file.as_deref(), |remote, out| {
                 remote.member(command, common.output, out)

@@ -41,6 +41,53 @@ pub enum MemberCommand {
     },
     /// List members.
     List,
+    /// Print a one-time link that signs a member in to the web console (valid 10 minutes,
+    /// single use; the session acts as the member). Run where the token store is.
+    LoginLink {
+        /// The member.
+        name: String,
+        /// The console's address as the member's browser reaches it (default: the admin
+        /// listener from the configuration, e.g. http://127.0.0.1:9901).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// `member login-link`: stores a link for an active member and prints its URL under `base`.
+pub fn login_link(
+    name: &str,
+    base: &str,
+    store: &dyn TokenStore,
+    format: Output,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    match store.member(name)? {
+        Some(m) if m.active => {}
+        Some(_) => {
+            return Err(CliError::Usage(format!(
+                "member {name} is deactivated; a sign-in link would not work"
+            )))
+        }
+        None => {
+            return Err(CliError::NotFound(format!(
+                "no member {name}; `bentogate member list` shows them"
+            )))
+        }
+    }
+    let secret = crate::console::create_link(store.console(), name)
+        .map_err(|e| CliError::Io(e.to_string()))?;
+    let url = format!("{}/login/link/{secret}", base.trim_end_matches('/'));
+    if format == Output::Table {
+        writeln!(out, "{url}")?;
+        writeln!(
+            out,
+            "(single use, valid 10 minutes; it signs {name} in to the console as herself)"
+        )?;
+    } else {
+        let v = serde_json::json!({ "member": name, "url": url, "expires_in_seconds": 600 });
+        output::structured(out, format, &v)?;
+    }
+    Ok(())
 }
 
 /// Runs a member command against `store`, printing to `out`.
@@ -58,6 +105,11 @@ pub fn member(
         MemberCommand::List => {
             output::members(out, format, &store.members()?)?;
             return Ok(());
+        }
+        MemberCommand::LoginLink { .. } => {
+            return Err(CliError::Usage(
+                "member login-link needs the console's address: run it through `bentogate member login-link`".into(),
+            ))
         }
     };
     let said = match &change {

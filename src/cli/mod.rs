@@ -18,7 +18,7 @@
 //! ```
 
 mod check;
-mod member;
+pub mod member;
 mod migrate;
 mod output;
 pub mod remote;

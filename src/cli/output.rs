@@ -22,7 +22,11 @@ pub enum Output {
     Yaml,
 }
 
-fn structured(out: &mut dyn Write, format: Output, value: &Value) -> std::io::Result<()> {
+pub(crate) fn structured(
+    out: &mut dyn Write,
+    format: Output,
+    value: &Value,
+) -> std::io::Result<()> {
     match format {
         Output::Json | Output::Table => writeln!(
             out,

@@ -288,6 +288,12 @@ impl Remote {
                 let off = r["disabled_tokens"].as_u64().unwrap_or(0);
                 format!("deactivated member {name}; her {off} personal tokens no longer work")
             }
+            MemberCommand::LoginLink { .. } => {
+                return Err(CliError::Usage(
+                    "member login-link runs where the token store is, not through --endpoint"
+                        .into(),
+                ))
+            }
             MemberCommand::List => {
                 let r = self.call(Method::GET, "/api/v1/members", None)?;
                 let members: Vec<Member> =

@@ -67,3 +67,13 @@ pub fn default_last_used_file(token_file: &std::path::Path) -> std::path::PathBu
     name.push(".last-used");
     token_file.with_file_name(name)
 }
+/// Default idle timeout of a console session (`admin.console.session_idle`).
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// Default absolute lifetime of a console session (`admin.console.session_lifetime`).
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Default most browser-login codes waiting at once (`admin.console.pending_codes`): each is a
+/// row or an entry an anonymous caller made, so they are bounded.
+pub const DEFAULT_PENDING_CODES: usize = 1000;
+/// Default browser-login codes one client address may ask for per minute
+/// (`admin.console.codes_per_minute`).
+pub const DEFAULT_CODES_PER_MINUTE: u32 = 10;

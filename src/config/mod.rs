@@ -75,6 +75,8 @@ pub struct Config {
     /// The probe listener (`admin.probes`): only `/healthz`, `/readyz` and `/metrics`, so a port
     /// opened to the kubelet and to Prometheus never exposes the token API.
     pub probes: Option<SocketAddr>,
+    /// The web console (`admin.console`).
+    pub console: ConsoleConfig,
     /// What SIGTERM does, in time (`shutdown`).
     pub shutdown: ShutdownConfig,
     /// Token source and cache.
@@ -91,6 +93,21 @@ pub struct Config {
     pub worker_threads: usize,
     /// Throttling of failed authorization per client address.
     pub throttle: ThrottleConfig,
+}
+
+/// The web console on the admin listener (`admin.console`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Serve the pages and the browser login (default true).
+    pub enabled: bool,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in, used or not.
+    pub session_lifetime: Duration,
+    /// Most browser-login codes waiting at once.
+    pub pending_codes: usize,
+    /// Browser-login codes one client address may ask for per minute.
+    pub codes_per_minute: u32,
 }
 
 /// The graceful stop's two periods, so a pod leaves a Service without refusing a connection.

@@ -101,6 +101,18 @@ pub(super) struct RawAdmin {
     pub(super) probes: Option<SocketAddr>,
     #[serde(default)]
     pub(super) tls: Option<RawAdminTls>,
+    #[serde(default)]
+    pub(super) console: RawConsole,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsole {
+    pub(super) enabled: Option<bool>,
+    pub(super) session_idle: Option<Dur>,
+    pub(super) session_lifetime: Option<Dur>,
+    pub(super) pending_codes: Option<usize>,
+    pub(super) codes_per_minute: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +133,7 @@ impl Default for RawAdmin {
             address: default_admin(),
             probes: None,
             tls: None,
+            console: RawConsole::default(),
         }
     }
 }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use super::defaults::*;
 use super::raw::{Dur, RawConfig, RawForwarding, RawLimits, RawListener, RawShutdown, RawThrottle};
 use super::{
-    is_hop_by_hop, AdminTls, CertificatePair, Config, ConfigError, ForwardingConfig,
+    is_hop_by_hop, AdminTls, CertificatePair, Config, ConfigError, ConsoleConfig, ForwardingConfig,
     IdentityHeaders, Limits, ListenerConfig, LogConfig, ShutdownConfig, ThrottleConfig,
 };
 use crate::yaml;
@@ -125,7 +125,29 @@ impl Resolver<'_> {
                 client_ca: t.client_ca.map(|p| base.join(p)),
             }),
         };
+        let c = &raw.admin.console;
+        let console = ConsoleConfig {
+            enabled: c.enabled.unwrap_or(true),
+            session_idle: c
+                .session_idle
+                .as_ref()
+                .map_or(DEFAULT_SESSION_IDLE, |d| d.0),
+            session_lifetime: c
+                .session_lifetime
+                .as_ref()
+                .map_or(DEFAULT_SESSION_LIFETIME, |d| d.0),
+            pending_codes: c.pending_codes.unwrap_or(DEFAULT_PENDING_CODES),
+            codes_per_minute: c.codes_per_minute.unwrap_or(DEFAULT_CODES_PER_MINUTE),
+        };
+        if console.session_idle.is_zero() || console.session_lifetime.is_zero() {
+            return Err(self.error(
+                "admin.console",
+                &["console:"],
+                "session_idle and session_lifetime must be longer than 0s, e.g. 30m and 12h",
+            ));
+        }
         Ok(Config {
+            console,
             origin: self.origin.to_owned(),
             listeners,
             admin: raw.admin.address,

@@ -136,6 +136,14 @@ impl Caller {
     pub fn sees(&self, t: &Token) -> bool {
         self.is_member() && self.visibility().shows(t)
     }
+
+    /// True when the caller may edit or delete `t`, which she sees: her own personal tokens for
+    /// a member; any token for an admin. The one home of that rule (the API refuses with it,
+    /// the console hides buttons with it).
+    pub fn may_change(&self, t: &Token) -> bool {
+        let own = t.kind == OwnerKind::Personal && t.user == self.user();
+        own || self.is_admin()
+    }
 }
 
 /// What a create request asks for; the optional extensions say what the bentoml client cannot.
@@ -186,6 +194,11 @@ impl Store {
     /// Sets the deployments the routes serve (at start and on every reload).
     pub fn set_routed(&self, deployments: Vec<String>) {
         self.routed.store(Arc::new(deployments));
+    }
+
+    /// The deployments the routes serve now (the console's Protected Endpoint Access choices).
+    pub fn routed(&self) -> Vec<String> {
+        self.routed.load().as_ref().clone()
     }
 
     /// The records, for views that need members or the organization.
@@ -241,6 +254,45 @@ impl Store {
         })?)
     }
 
+    /// One page of the console's tab: the caller's own personal tokens (`personal`), or the
+    /// organization's tokens; both are parts of what [`Store::list`] shows her.
+    pub fn list_tab(
+        &self,
+        caller: &Caller,
+        personal: bool,
+        search: Option<&str>,
+        start: PageStart,
+        count: usize,
+    ) -> Result<Page, ControlError> {
+        // An organization token has no personal tokens (its `user` is only who made it).
+        let no_personal = personal && caller.token.kind == OwnerKind::Organization;
+        if !caller.is_member() || no_personal {
+            return Ok(Page::default());
+        }
+        let search = match search {
+            Some(s) => Some(Search::new(s).ok_or_else(|| {
+                ControlError::Invalid("the search must not contain control characters".into())
+            })?),
+            None => None,
+        };
+        let visibility = if personal {
+            Visibility::PersonalOf(caller.user().to_owned())
+        } else {
+            Visibility::Organization
+        };
+        Ok(self.records.page(&PageQuery {
+            visibility,
+            search,
+            start,
+            count,
+        })?)
+    }
+
+    /// The console's state (sessions, links, login codes), kept with the records.
+    pub fn console(&self) -> &dyn crate::store::console::ConsoleStore {
+        self.records.console()
+    }
+
     /// One token the caller may see.
     pub fn get(&self, caller: &Caller, uid: &str) -> Result<Token, ControlError> {
         self.records
@@ -264,8 +316,7 @@ impl Store {
     /// token she sees for an admin.
     fn changeable(&self, caller: &Caller, uid: &str, what: &str) -> Result<Token, ControlError> {
         let t = self.get(caller, uid)?;
-        let own = t.kind == OwnerKind::Personal && t.user == caller.user();
-        if !own && !caller.is_admin() {
+        if !caller.may_change(&t) {
             return Err(ControlError::Forbidden(format!(
                 "{what} an organization token needs an admin's token with the `write_organization` scope"
             )));

@@ -30,8 +30,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, CookiePolicy};
 use crate::config::{Config, Limits, ShutdownConfig};
+use crate::console::Console;
 use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::UpstreamTlsError;
@@ -100,13 +101,30 @@ impl App {
         let throttle = crate::throttle::Throttle::new(&config.throttle).map(Arc::new);
         let gateway = Gateway::new(&config, Arc::clone(&validator), &metrics, throttle.clone())?;
         let draining = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin::new(
-            Arc::clone(&metrics),
-            Arc::clone(&validator),
-            store.clone(),
-            Arc::clone(&draining),
-            throttle.clone(),
-        ));
+        let tls = config.admin_tls.is_some();
+        let console = store
+            .clone()
+            .filter(|_| config.console.enabled)
+            .map(|store| {
+                Arc::new(Console::new(
+                    store,
+                    Arc::clone(&validator),
+                    config.console,
+                    CookiePolicy::new(tls),
+                    throttle.clone(),
+                ))
+            });
+        let admin = Arc::new(
+            Admin::new(
+                Arc::clone(&metrics),
+                Arc::clone(&validator),
+                store.clone(),
+                Arc::clone(&draining),
+                throttle.clone(),
+            )
+            .with_tls(tls)
+            .with_console(console),
+        );
         Ok(App {
             limits: config.limits.clone(),
             shutdown: config.shutdown,

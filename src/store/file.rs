@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::console::{ConsoleStore, MemoryConsole};
 use super::format::{Member, Organization, TokenFile};
 use super::index::Index;
 use super::members::MemberChange;
@@ -68,6 +69,8 @@ pub struct FileSource {
     metrics: Arc<Metrics>,
     /// Last-use times as last written; only the flusher takes this lock.
     usage: Mutex<UsageState>,
+    /// The web console's state: this process's memory, links beside the file.
+    console: MemoryConsole,
 }
 
 #[derive(Default)]
@@ -105,6 +108,7 @@ impl FileSource {
         metrics.token_file_healthy.set(1);
         let written = usage_path.as_deref().map(usage::read).unwrap_or_default();
         Ok(FileSource {
+            console: MemoryConsole::new(path),
             path: path.to_owned(),
             index: ArcSwap::from_pointee(index),
             generation: AtomicU64::new(1),
@@ -362,6 +366,10 @@ impl FileSource {
 }
 
 impl TokenStore for FileSource {
+    fn console(&self) -> &dyn ConsoleStore {
+        &self.console
+    }
+
     fn organization(&self) -> Result<Organization, StoreError> {
         Ok(self.index.load().organization().clone())
     }

@@ -5,6 +5,7 @@
 //! (sidecars and single gateways); `postgres` is shared by replicas; `introspect` asks another
 //! bentogate.
 
+pub mod console;
 pub mod file;
 pub mod format;
 pub mod index;

@@ -23,15 +23,20 @@ pub enum Visibility {
     Organization,
     /// Organization tokens and this member's personal tokens.
     OrganizationAndPersonalOf(String),
+    /// This member's personal tokens only (the console's Personal tab).
+    PersonalOf(String),
 }
 
 impl Visibility {
     /// True when `t` is in the listing.
     pub fn shows(&self, t: &Token) -> bool {
         match (self, t.kind) {
-            (Visibility::All, _) | (_, OwnerKind::Organization) => true,
+            (Visibility::All, _) => true,
+            (Visibility::PersonalOf(_), OwnerKind::Organization) => false,
+            (_, OwnerKind::Organization) => true,
             (Visibility::Organization, OwnerKind::Personal) => false,
             (Visibility::OrganizationAndPersonalOf(user), OwnerKind::Personal) => t.user == *user,
+            (Visibility::PersonalOf(user), OwnerKind::Personal) => t.user == *user,
         }
     }
 }
@@ -238,6 +243,10 @@ pub trait TokenStore: Send + Sync {
 
     /// Where the records live, for messages (never a secret).
     fn describe(&self) -> String;
+
+    /// The web console's sessions, sign-in links and login codes, kept beside the records so
+    /// every replica sharing them honours the same session.
+    fn console(&self) -> &dyn super::console::ConsoleStore;
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@
 //!
 //! Only `notify` acts on a notification; only `records` writes members and tokens and sends NOTIFY.
 
+mod console;
 mod notify;
 mod page;
 mod pool;

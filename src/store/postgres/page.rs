@@ -66,6 +66,10 @@ pub(super) fn page_sql(q: &PageQuery) -> PageSql {
             params.push(Box::new(user.clone()));
             vec!["owner IS NULL".into(), format!("owner = ${}", params.len())]
         }
+        Visibility::PersonalOf(user) => {
+            params.push(Box::new(user.clone()));
+            vec![format!("owner = ${}", params.len())]
+        }
     };
     let (skip, count) = match q.start {
         PageStart::Offset(skip) => (skip as i64, q.count as i64),
@@ -135,6 +139,11 @@ pub(super) fn page_sql(q: &PageQuery) -> PageSql {
             "SELECT coalesce(sum(n), 0)::int8 FROM bentogate_token_counts WHERE owner IN ('', $1)"
                 .to_owned()
         }
+        (None, Visibility::PersonalOf(user)) => {
+            total_params.push(Box::new(user.clone()));
+            "SELECT coalesce(sum(n), 0)::int8 FROM bentogate_token_counts WHERE owner = $1"
+                .to_owned()
+        }
         (Some(search), visibility) => {
             debug_assert_eq!(count_params_len, 1);
             total_params.push(Box::new(contains_pattern(search.text())));
@@ -144,6 +153,10 @@ pub(super) fn page_sql(q: &PageQuery) -> PageSql {
                 Visibility::OrganizationAndPersonalOf(user) => {
                     total_params.push(Box::new(user.clone()));
                     " AND (owner IS NULL OR owner = $2)".into()
+                }
+                Visibility::PersonalOf(user) => {
+                    total_params.push(Box::new(user.clone()));
+                    " AND owner = $2".into()
                 }
             };
             format!("SELECT count(*) FROM bentogate_tokens WHERE search LIKE $1{owner}")

@@ -548,6 +548,10 @@ impl PgSource {
 type TxResult<T> = Result<(T, Option<Eviction>), StoreError>;
 
 impl TokenStore for PgSource {
+    fn console(&self) -> &dyn crate::store::console::ConsoleStore {
+        self
+    }
+
     fn organization(&self) -> Result<Organization, StoreError> {
         wait(self.organization_now())?
     }

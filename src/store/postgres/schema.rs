@@ -78,6 +78,31 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO bentogate_organization (id, name) VALUES (true, 'default') ON CONFLICT DO NOTHING;
      UPDATE bentogate_organization SET created_at = coalesce(
         (SELECT min(created_at) FROM bentogate_tokens), extract(epoch FROM now())::bigint);",
+    // 3: the web console's state, shared by every replica (store/console.rs): sessions by the
+    // digest of their cookie, sign-in links by the digest of their secret, browser-login codes
+    // by the digest of the code with the approved token value sealed under the code.
+    "CREATE TABLE bentogate_console_sessions (
+        id bytea PRIMARY KEY CHECK (length(id) = 32),
+        token_uid text,
+        member text,
+        csrf text NOT NULL,
+        created_at bigint NOT NULL,
+        seen_at bigint NOT NULL,
+        CHECK ((token_uid IS NULL) <> (member IS NULL))
+     );
+     CREATE INDEX bentogate_console_sessions_created ON bentogate_console_sessions (created_at);
+     CREATE TABLE bentogate_login_links (
+        id text PRIMARY KEY,
+        member text NOT NULL,
+        expires_at bigint NOT NULL
+     );
+     CREATE TABLE bentogate_login_codes (
+        id bytea PRIMARY KEY CHECK (length(id) = 32),
+        created_at bigint NOT NULL,
+        requested_by text NOT NULL,
+        sealed bytea
+     );
+     CREATE INDEX bentogate_login_codes_created ON bentogate_login_codes (created_at);",
 ];
 
 /// The search index: trigrams make a substring search an index lookup. pg_trgm ships with
