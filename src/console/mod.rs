@@ -74,6 +74,8 @@ pub(crate) struct Req {
     form: Vec<(String, String)>,
     cookies: Vec<(String, String)>,
     origin: Option<String>,
+    /// `Sec-Fetch-Site`, set by the browser itself.
+    fetch_site: Option<String>,
     /// `http://host` or `https://host`, from the Host header: this listener as the browser
     /// reached it.
     this_origin: Option<String>,
@@ -328,6 +330,11 @@ impl Console {
                 .get(http::header::ORIGIN)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
+            fetch_site: parts
+                .headers
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             this_origin: host.map(|h| format!("{scheme}://{h}")),
             client,
         }
@@ -348,7 +355,7 @@ impl Console {
                     self.check_post(req, Some(&session.csrf))?;
                 }
                 let ctx = pages::Ctx::new(&caller, &session.csrf);
-                match (get, segments.as_slice()) {
+                let served = match (get, segments.as_slice()) {
                     (false, ["logout"]) => self.sign_out(&session),
                     (true, ["api_tokens"]) => self.tokens_page(req, &ctx),
                     (false, ["api_tokens"]) => self.create(req, &ctx),
@@ -370,6 +377,14 @@ impl Console {
                             "There is no such console page.",
                         ),
                     )),
+                };
+                // A refusal inside the console is a page with the console around it.
+                match served {
+                    Err(ConsoleError::Control(e)) => Ok(Reply::page(
+                        e.status(),
+                        pages::error_page(Some(&ctx), "That did not work", &e.to_string()),
+                    )),
+                    other => other,
                 }
             }
         }
@@ -397,11 +412,16 @@ impl Console {
         }
     }
 
-    /// The checks every POST passes: an `Origin` equal to this listener's (a browser always
-    /// sends it on a cross-site POST, and on a same-origin one too), and the CSRF value.
+    /// The checks every POST passes: the request comes from this listener's own pages, and it
+    /// carries the CSRF value. Same origin means an `Origin` equal to this listener's; or, since
+    /// `Referrer-Policy: no-referrer` makes browsers send `Origin: null` on a form POST, an
+    /// `Origin` of `null` (or none) together with the browser's own `Sec-Fetch-Site:
+    /// same-origin`, which a page elsewhere cannot make it send.
     fn check_post(&self, req: &Req, csrf: Option<&str>) -> Result<(), ConsoleError> {
-        match (&req.origin, &req.this_origin) {
+        let same_site = req.fetch_site.as_deref() == Some("same-origin");
+        match (req.origin.as_deref(), &req.this_origin) {
             (Some(o), Some(this)) if o.eq_ignore_ascii_case(this) => {}
+            (None | Some("null"), _) if same_site => {}
             _ => {
                 return Err(ConsoleError::Forged(
                     "this form was not sent from this console's own pages (Origin missing or different); reload the page and try again",
