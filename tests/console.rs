@@ -4,9 +4,11 @@
 //! Origin refusals, no CSP violation and no serious accessibility violation on any page.
 //! Screenshots of every page go to target/screenshots/.
 
+#![allow(clippy::unwrap_used)]
+
+mod common;
 #[path = "common/browser.rs"]
 mod browser;
-mod common;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! installed by tests/console/setup.sh), for the console's tests: sign-in helpers, axe-core
 //! accessibility checks, the browser's console log (CSP violations), and screenshots into
 //! `target/screenshots/`.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
