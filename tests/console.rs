@@ -6,9 +6,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 
 use std::path::Path;
 use std::process::Command;

@@ -980,9 +980,12 @@ async fn the_database_passes_the_store_suite() {
             .unwrap(),
     );
     // The store's calls block on this runtime: run them on the blocking pool, like the API.
-    tokio::task::spawn_blocking(move || store_suite::conformance(&*source))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        store_suite::conformance(&*source);
+        console_suite::conformance(&*source);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1047,4 +1050,65 @@ async fn two_replicas_creating_and_deleting_at_once_lose_and_duplicate_nothing()
             StatusCode::OK
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_console_sessions_and_login_codes() {
+    let Some(db) = TestDb::new("replicas_share_console_sessions_and_login_codes").await else {
+        return;
+    };
+    let url = db.url();
+    let up = upstream().await;
+    let (a, b) = (replica(&url, up.addr).await, replica(&url, up.addr).await);
+    cli(&url, &["member", "add", "bob"]).await;
+    let made = cli(
+        &url,
+        &[
+            "token", "create", "bob-api", "--user", "bob", "--scope", "api", "-o", "json",
+        ],
+    )
+    .await;
+    let bob = serde_json::from_str::<Value>(&made).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Signed in on A, the same cookie is a session on B (a load balancer may send it either way).
+    let mut on_a = common::web::Web::new(a.admin_addr);
+    assert_eq!(on_a.sign_in(&bob).await.status, StatusCode::SEE_OTHER);
+    let mut on_b = common::web::Web::new(b.admin_addr);
+    on_b.jar = on_a.jar.clone();
+    assert!(on_b.signed_in().await, "B honours A's session");
+
+    // A code asked of A, approved on B, answered on A, once.
+    let code = send(&client(), a.admin_addr, "/api/v1/auth/code", &[]).await;
+    let code = serde_json::from_str::<Value>(&code.body).unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let panel = on_b.get(&format!("/api_tokens?code={code}")).await;
+    let csrf = common::web::csrf_in(&panel.body).unwrap();
+    let approved = on_b
+        .post("/login/approve", &[("csrf", &csrf), ("code", &code)])
+        .await;
+    assert!(
+        approved.body.contains("Login approved"),
+        "{}",
+        approved.body
+    );
+    let poll = |admin: SocketAddr| {
+        let path = format!("/api/v1/auth/token?code={code}");
+        async move { send(&client(), admin, &path, &[]).await.status }
+    };
+    assert_eq!(poll(a.admin_addr).await, StatusCode::OK);
+    assert_eq!(
+        poll(b.admin_addr).await,
+        StatusCode::NOT_FOUND,
+        "once, on any replica"
+    );
+
+    // Signing out on B ends the session on A too.
+    let csrf = on_b.csrf("/api_tokens").await;
+    on_b.post("/logout", &[("csrf", &csrf)]).await;
+    assert!(!on_a.signed_in().await);
 }

@@ -10,6 +10,13 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 #[test]
+fn the_file_store_keeps_console_state_by_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir.path().join("tokens.yaml"));
+    console_suite::conformance(&store);
+}
+
+#[test]
 fn the_file_store_passes_the_store_suite() {
     let dir = tempfile::tempdir().unwrap();
     let store = file_store(&dir.path().join("tokens.yaml"));

@@ -195,7 +195,10 @@ impl Reply {
             h.insert(LOCATION, to);
         }
         let csp = match &self.form_target {
-            Some(target) => format!("{CSP} {target}"),
+            Some(target) => CSP.replace(
+                "form-action 'self'",
+                &format!("form-action 'self' {target}"),
+            ),
             None => CSP.to_owned(),
         };
         if let Ok(v) = HeaderValue::from_str(&csp) {
@@ -278,6 +281,9 @@ impl Console {
         }
         let this = Arc::clone(self);
         blocking(move || {
+            // Judge the session against the records as they are now (a member removed by the
+            // CLI a moment ago), not as of the last poll of the file.
+            this.store.refresh();
             let outcome = this.serve(&req);
             this.finish(&req, outcome)
         })

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use bentogate::config::Config;
 use bentogate::server::Running;
+pub mod console_suite;
 pub mod pki;
 pub mod store_suite;
+pub mod web;
 
 use bentogate::store::file::update;
 use bentogate::token::{Digest, Scope, Scopes, Secret, Token};
