@@ -37,30 +37,15 @@ pub struct Admin {
     introspection: Introspection,
     store: Option<Arc<Store>>,
     throttle: Option<Arc<Throttle>>,
-    /// The admin listener serves TLS (`admin.tls`): cookies must be `Secure` and `__Host-`.
-    tls: bool,
     /// The web console (`admin.console`), when enabled and this gateway holds a store.
     console: Option<Arc<Console>>,
 }
 
 impl Admin {
-    /// Records whether the admin listener serves TLS, for [`Admin::cookies`].
-    pub fn with_tls(mut self, tls: bool) -> Admin {
-        self.tls = tls;
-        self
-    }
-
     /// Serves the web console (its pages and the browser-login API) on this listener.
     pub fn with_console(mut self, console: Option<Arc<Console>>) -> Admin {
         self.console = console;
         self
-    }
-
-    /// How the web console must set its session cookies on this listener: with TLS, `Secure`
-    /// and the `__Host-` prefix (RFC 6265bis 4.1.3.2: no Domain, Path=/, only over https), so a
-    /// cookie set here is never sent in clear nor shadowed by a sibling host.
-    pub fn cookies(&self) -> CookiePolicy {
-        CookiePolicy { tls: self.tls }
     }
 
     /// Reports on these parts of a running server.
@@ -82,7 +67,6 @@ impl Admin {
             metrics,
             validator,
             draining,
-            tls: false,
             console: None,
         }
     }
@@ -357,59 +341,5 @@ mod tests {
             assert_eq!(probe(Method::GET, path), StatusCode::NOT_FOUND, "{path}");
             assert_eq!(probe(Method::POST, path), StatusCode::NOT_FOUND, "{path}");
         }
-    }
-}
-
-/// How the console's cookies are set on the admin listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CookiePolicy {
-    tls: bool,
-}
-
-impl CookiePolicy {
-    /// The policy of a listener that serves TLS (`tls`) or plain HTTP.
-    pub fn new(tls: bool) -> CookiePolicy {
-        CookiePolicy { tls }
-    }
-
-    /// True when cookies carry `Secure` (the admin listener serves TLS).
-    pub fn secure(self) -> bool {
-        self.tls
-    }
-
-    /// The cookie name for `base`: `__Host-base` over TLS, `base` over plain HTTP (browsers
-    /// refuse `__Host-` cookies without `Secure`).
-    pub fn name(self, base: &str) -> String {
-        if self.tls {
-            format!("__Host-{base}")
-        } else {
-            base.to_owned()
-        }
-    }
-
-    /// The attributes after `name=value`: `; Path=/; HttpOnly; SameSite=Strict`, plus `; Secure`
-    /// over TLS; never a `Domain`.
-    pub fn attributes(self) -> &'static str {
-        if self.tls {
-            "; Path=/; HttpOnly; SameSite=Strict; Secure"
-        } else {
-            "; Path=/; HttpOnly; SameSite=Strict"
-        }
-    }
-}
-
-#[cfg(test)]
-mod cookie_tests {
-    use super::CookiePolicy;
-
-    #[test]
-    fn tls_cookies_are_secure_and_host_prefixed() {
-        let tls = CookiePolicy { tls: true };
-        assert!(tls.secure());
-        assert_eq!(tls.name("session"), "__Host-session");
-        assert!(tls.attributes().ends_with("; Secure") && !tls.attributes().contains("Domain"));
-        let plain = CookiePolicy { tls: false };
-        assert_eq!(plain.name("session"), "session");
-        assert!(!plain.attributes().contains("Secure"));
     }
 }

@@ -284,6 +284,7 @@ async fn the_token_workflow_in_a_real_browser() {
     b.find("#tokens").await;
     let listing = b.source().await;
     assert!(listing.contains("alpha renamed") && listing.contains("used by the nightly job"));
+    b.screenshot("tokens-list").await;
     assert_eq!(proxy_status(&s, "/alpha/x", &alpha).await, StatusCode::OK);
 
     // Delete, through the script's confirmation dialog.

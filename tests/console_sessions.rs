@@ -445,3 +445,76 @@ async fn posts_need_the_csrf_value_and_this_origin() {
         "no token for another host"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_cookies_are_secure_and_host_prefixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "console-ca");
+    let leaf = pki.leaf("admin", &["localhost"]);
+    let text = format!(
+        "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}\n\
+         log: {{access: false}}\nthrottle: {{failures_per_minute: 0}}\n\
+         deployments:\n  - {{name: alpha, upstream: \"http://127.0.0.1:9\", policy: protected}}\n",
+        leaf.cert.display(),
+        leaf.key.display()
+    );
+    let config = Config::parse(&text, "test.yaml", dir.path()).unwrap();
+    let tokens = config.tokens.file.clone();
+    add_member_to(&tokens, "bob", None, false);
+    let (_, bob) = api_token(&tokens, "bob", None);
+    let running = Running::start(config).await.unwrap();
+    let base = format!("https://localhost:{}", running.admin_addr.port());
+    let jar = dir.path().join("jar");
+    let curl = |args: Vec<String>| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i", "--cacert"])
+            .arg(pki.ca_file())
+            .arg("--resolve")
+            .arg(format!("localhost:{}:127.0.0.1", running.admin_addr.port()))
+            .arg("-c")
+            .arg(&jar)
+            .arg("-b")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = tokio::task::block_in_place(|| curl(vec![format!("{base}/login")]));
+    let set = page
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: __host-bg_signin=")
+        })
+        .unwrap_or_else(|| panic!("no __Host- sign-in cookie: {page}"));
+    assert!(set.contains("; Secure") && set.contains("Path=/") && !set.contains("Domain"));
+    let csrf = common::web::csrf_in(&page).unwrap();
+    let signed = tokio::task::block_in_place(|| {
+        curl(vec![
+            "-H".into(),
+            format!("Origin: {base}"),
+            "--data-urlencode".into(),
+            format!("csrf={csrf}"),
+            "--data-urlencode".into(),
+            format!("token={bob}"),
+            format!("{base}/login"),
+        ])
+    });
+    let session = signed
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: __host-bg_session=")
+        })
+        .unwrap_or_else(|| panic!("no __Host- session cookie: {signed}"));
+    assert!(
+        session.contains("; Secure") && session.contains("HttpOnly"),
+        "{session}"
+    );
+    let list = tokio::task::block_in_place(|| curl(vec![format!("{base}/api_tokens")]));
+    assert!(
+        list.starts_with("HTTP/1.1 200") || list.starts_with("HTTP/2 200"),
+        "{list}"
+    );
+}

@@ -12,6 +12,7 @@
 //! script or style; `no-store` on every page (some show a token value); assets are embedded.
 
 mod assets;
+mod cookies;
 mod login;
 mod members;
 mod pages;
@@ -28,11 +29,11 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 use maud::Markup;
 
-use crate::admin::CookiePolicy;
 use crate::config::ConsoleConfig;
 use crate::control::{Caller, ControlError, Store};
 use crate::throttle::Throttle;
 use crate::validator::Validator;
+pub use cookies::CookiePolicy;
 
 pub use login::CodeLimiter;
 pub use session::create_link;

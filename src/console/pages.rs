@@ -182,19 +182,21 @@ fn when(t: UnixSeconds) -> String {
 /// "3 hours ago" / "in 5 days", coarse on purpose.
 fn relative(now: UnixSeconds, t: UnixSeconds) -> String {
     let d = (now - t).abs();
-    let (n, unit) = if d < 90 {
+    let (size, unit) = if d < 90 {
         return if t <= now {
             "just now".into()
         } else {
             "in a minute".into()
         };
     } else if d < 90 * 60 {
-        (d / 60, "minute")
+        (60, "minute")
     } else if d < 36 * 3600 {
-        (d / 3600, "hour")
+        (3600, "hour")
     } else {
-        (d / 86_400, "day")
+        (86_400, "day")
     };
+    // Rounded, so "30 days" a few seconds after it was set still reads 30.
+    let n = (d + size / 2) / size;
     let plural = if n == 1 { "" } else { "s" };
     if t <= now {
         format!("{n} {unit}{plural} ago")
@@ -652,6 +654,7 @@ mod tests {
         assert_eq!(relative(10_000, 10_000 - 3 * 3600), "3 hours ago");
         assert_eq!(relative(0, 5 * 86_400), "in 5 days");
         assert_eq!(relative(0, 60 * 60), "in 60 minutes");
+        assert_eq!(relative(10, 30 * 86_400), "in 30 days");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+use super::CookiePolicy;
 use super::{pages, Console, ConsoleError, Reply, Req};
-use crate::admin::CookiePolicy;
 use crate::clock::{self, UnixSeconds};
 use crate::control::{audit, Caller, ControlError};
 use crate::store::console::{digest_of, Actor, LoginLink, Session, ONE_TIME_LIFE};

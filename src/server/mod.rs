@@ -30,9 +30,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admin::{Admin, CookiePolicy};
+use crate::admin::Admin;
 use crate::config::{Config, Limits, ShutdownConfig};
-use crate::console::Console;
+use crate::console::{Console, CookiePolicy};
 use crate::control::Store;
 use crate::metrics::Metrics;
 use crate::proxy::upstream::UpstreamTlsError;
@@ -122,7 +122,6 @@ impl App {
                 Arc::clone(&draining),
                 throttle.clone(),
             )
-            .with_tls(tls)
             .with_console(console),
         );
         Ok(App {
