@@ -189,10 +189,16 @@ fn describe(config: &Config, out: &mut String) {
         let kind = if l.tls.is_some() { "TLS" } else { "plain" };
         let _ = writeln!(out, "  proxy   {} ({kind}, HTTP/1.1 and HTTP/2)", l.address);
     }
-    let admin_serves = if config.probes.is_some() {
-        "token API, /v1/introspect"
+    let store = config.tokens.introspect.is_none();
+    let console = if config.console.enabled && store {
+        "web console, browser login, "
     } else {
-        "token API, /v1/introspect, /healthz, /readyz, /metrics"
+        ""
+    };
+    let admin_serves = if config.probes.is_some() {
+        format!("{console}token API, /v1/introspect")
+    } else {
+        format!("{console}token API, /v1/introspect, /healthz, /readyz, /metrics")
     };
     let _ = writeln!(out, "  admin   {} ({admin_serves})", config.admin);
     if let Some(p) = config.probes {
