@@ -232,15 +232,24 @@ async fn serve_until_signal(
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot listen for SIGTERM")?;
+    // SIGTERM is the orchestrator's stop: wait `shutdown.delay` for endpoints to drop this
+    // instance. SIGINT is a person at a terminal (Ctrl-C): nothing routes here by a load
+    // balancer's list, so in-flight requests drain at once, without the delay.
     let shutdown = async move {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                server::Stop::Graceful
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT received: draining without shutdown.delay");
+                server::Stop::Now
+            }
         }
     };
     let app = server::App::build(config).await?;
     let reloader = app.reloader();
     tokio::spawn(server::reload_on_sighup(reloader, path)?);
-    app.serve(listeners, shutdown).await;
+    app.serve_until(listeners, shutdown).await;
     Ok(())
 }

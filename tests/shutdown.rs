@@ -202,6 +202,25 @@ async fn without_a_delay_the_listeners_close_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_drains_without_the_delay() {
+    // SIGINT is a person at a terminal, not an orchestrator: a 60 s delay is not waited for.
+    let u = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(&config(dir.path(), u.addr, "{delay: 60s}"));
+    assert_eq!(status(s.proxy, "/", None).await, StatusCode::OK);
+    assert!(Command::new("kill")
+        .args(["-INT", &s.child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        wait_exit(&mut s.child.0, Duration::from_secs(20)).code(),
+        Some(0),
+        "exited well before the 60 s delay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_listener_serves_probes_and_metrics_but_not_the_token_api() {
     let u = upstream().await;
     let dir = tempfile::tempdir().unwrap();

@@ -161,7 +161,9 @@ impl App {
         .await
     }
 
-    async fn serve_until(self, listeners: Listeners, shutdown: impl Future<Output = Stop>) {
+    /// Serves until `shutdown` resolves, then stops the way it says: [`Stop::Graceful`] as
+    /// [`App::serve`], [`Stop::Now`] without the delay (an operator's Ctrl-C).
+    pub async fn serve_until(self, listeners: Listeners, shutdown: impl Future<Output = Stop>) {
         let App {
             live,
             limits,
@@ -299,7 +301,8 @@ impl App {
 
 /// How a server is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+/// How a stop was asked for.
+pub enum Stop {
     /// As on SIGTERM: not ready, `shutdown.delay` still accepting, then drain.
     Graceful,
     /// Skip the delay (an embedder that knows nothing routes here any more): drain at once.
