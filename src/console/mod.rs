@@ -465,7 +465,8 @@ async fn blocking(work: impl FnOnce() -> Reply + Send + 'static) -> Reply {
     })
 }
 
-/// The caller behind a session, for the handlers that need only the caller.
+/// Refuses a page or action that only admins may use (the control plane refuses the change
+/// itself anyway; this keeps a member from a form she cannot submit).
 pub(crate) fn require_admin(caller: &Caller) -> Result<(), ConsoleError> {
     if caller.is_admin() {
         Ok(())
