@@ -127,7 +127,7 @@ async fn create_in_browser(
     b.open(&format!("{base}{new}")).await;
     b.fill("#name", name).await;
     fill(b).await;
-    b.click("#submit").await;
+    b.submit("#submit").await;
     let value = b
         .find("#token-value")
         .await
@@ -187,7 +187,7 @@ async fn the_token_workflow_in_a_real_browser() {
     );
     checked(&b, "sign-in").await;
     b.fill("#token", "bgt_not-a-real-token").await;
-    b.click("form[action='/login'] button[type=submit]").await;
+    b.submit("form[action='/login'] button[type=submit]").await;
     let page = b.source().await;
     assert!(page.contains("not a live token"), "{page}");
     b.sign_in_with_token(&base, &s.ann_token).await;
@@ -241,7 +241,7 @@ async fn the_token_workflow_in_a_real_browser() {
     // No access at all is refused with a page that says why, keeping what was typed.
     b.open(&format!("{base}/api_tokens/new")).await;
     b.fill("#name", "nothing").await;
-    b.click("#submit").await;
+    b.submit("#submit").await;
     assert!(b
         .find("#form-error")
         .await
@@ -273,14 +273,13 @@ async fn the_token_workflow_in_a_real_browser() {
     assert!(!b.source().await.contains(alpha.as_str()));
 
     // Edit: name, description, expiry.
-    let row = b.find("a[aria-label='Edit alpha only']").await;
-    row.click().await.unwrap();
+    b.submit("a[aria-label='Edit alpha only']").await;
     b.find("#edit-form").await;
     checked(&b, "edit").await;
     b.fill("#name", "alpha renamed").await;
     b.fill("#description", "used by the nightly job").await;
     b.click("input[name=expiry][value='90']").await;
-    b.click("#save").await;
+    b.submit("#save").await;
     b.find("#tokens").await;
     let listing = b.source().await;
     assert!(listing.contains("alpha renamed") && listing.contains("used by the nightly job"));
@@ -291,7 +290,7 @@ async fn the_token_workflow_in_a_real_browser() {
     b.click("a[aria-label='Delete alpha renamed']").await;
     b.find("#confirm-dialog[open]").await;
     b.screenshot("delete-dialog").await;
-    b.click("#confirm-dialog button.danger").await;
+    b.submit("#confirm-dialog button.danger").await;
     b.find("#tokens").await;
     assert!(!b.source().await.contains("alpha renamed"));
     assert_eq!(
@@ -332,9 +331,9 @@ async fn the_token_workflow_in_a_real_browser() {
     checked(&b, "members").await;
     b.fill("#member-name", "carol").await;
     b.fill("#member-email", "carol@example.com").await;
-    b.click("#add-member button[type=submit]").await;
+    b.submit("#add-member button[type=submit]").await;
     b.find("tr[data-member=carol]").await;
-    b.click("button[aria-label='Promote carol']").await;
+    b.submit("button[aria-label='Promote carol']").await;
     assert!(b
         .find("tr[data-member=carol]")
         .await
@@ -342,7 +341,7 @@ async fn the_token_workflow_in_a_real_browser() {
         .await
         .unwrap()
         .contains("admin"));
-    b.click("button[aria-label='Deactivate carol']").await;
+    b.submit("button[aria-label='Deactivate carol']").await;
     assert!(b
         .find("tr[data-member=carol]")
         .await
@@ -350,7 +349,7 @@ async fn the_token_workflow_in_a_real_browser() {
         .await
         .unwrap()
         .contains("deactivated"));
-    b.click("button[aria-label='Remove carol']").await;
+    b.submit("button[aria-label='Remove carol']").await;
     b.find("#members").await;
     assert!(!b.has("tr[data-member=carol]").await);
     let listed = cli(&s.config, &["member", "list", "-o", "json"]);
@@ -415,7 +414,7 @@ async fn the_token_workflow_in_a_real_browser() {
     let url = link.lines().next().unwrap().to_owned();
     b.open(&url).await;
     checked(&b, "sign-in-link").await;
-    b.click("form button[type=submit]").await;
+    b.submit("form button[type=submit]").await;
     b.find("#tokens, #empty").await;
     assert!(b
         .source()
@@ -424,11 +423,11 @@ async fn the_token_workflow_in_a_real_browser() {
     // The link was used up.
     b.sign_out().await;
     b.open(&url).await;
-    b.click("form button[type=submit]").await;
+    b.submit("form button[type=submit]").await;
     assert!(b.source().await.contains("This sign-in link does not work"));
     let link = cli(&s.config, &["member", "login-link", "bob", "--url", &base]);
     b.open(link.lines().next().unwrap()).await;
-    b.click("form button[type=submit]").await;
+    b.submit("form button[type=submit]").await;
     b.find("main h1").await;
 
     // A member is not offered organization Create nor Members, and a forged POST is refused.

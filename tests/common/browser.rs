@@ -129,6 +129,35 @@ impl Browser {
         self.find(css).await.click().await.expect("click");
     }
 
+    /// Clicks `css`, which loads a new page (a form's submit button, a link), and waits until
+    /// the new document has replaced the old one and finished loading: a click returns before
+    /// the navigation it starts, and an element found in between belongs to the old page.
+    pub async fn submit(&self, css: &str) {
+        self.client
+            .execute("window.__bentogateOldPage = true;", vec![])
+            .await
+            .expect("mark the page");
+        self.click(css).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = self
+                .client
+                .execute(
+                    "return window.__bentogateOldPage === undefined && document.readyState === 'complete';",
+                    vec![],
+                )
+                .await;
+            if matches!(state, Ok(Value::Bool(true))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clicking {css} loaded no new page within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The page's HTML now.
     pub async fn source(&self) -> String {
         self.client.source().await.expect("page source")
@@ -151,8 +180,7 @@ impl Browser {
     /// Signs out through the profile menu.
     pub async fn sign_out(&self) {
         self.click("details.profile summary").await;
-        self.click("form[action='/logout'] button").await;
-        self.find("#token").await;
+        self.submit("form[action='/logout'] button").await;
     }
 
     /// Saves a PNG of the page as `target/screenshots/NAME.png`.
