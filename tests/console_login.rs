@@ -331,11 +331,12 @@ fn saved_context(home: &Path) -> (String, String) {
 }
 
 /// What the CLI logged in with, checked the same way for both clients: the saved context's
-/// token is a new personal `api` token of bob's named `bentoml-cli-<date>` (not the one bob
-/// signed in with), it works on the token API, and `bentoml api-token list` (1.4.40, with the
-/// same BENTOML_HOME and context) lists it. `approvals` is how many logins bob approved (each
-/// made one such token). Returns their uids.
-async fn check_saved_login(s: &Setup, home: &Path, facts: &Value, approvals: usize) -> Vec<String> {
+/// token is a new personal `api`-only token of bob's (not the one bob signed in with) with no
+/// deployment, made by the browser login; it works on the token API; and `bentoml api-token
+/// list` (1.4.40, with the same BENTOML_HOME and context) lists it. `names` are the names of
+/// the tokens bob's approvals made (one per approval, as the panel had them). Returns their
+/// uids.
+async fn check_saved_login(s: &Setup, home: &Path, facts: &Value, names: &[&str]) -> Vec<String> {
     assert_eq!(facts["configured_context"], CONTEXT, "{facts}");
     assert_eq!(facts["email"], "bob@example.com", "{facts}");
     assert!(
@@ -366,26 +367,27 @@ async fn check_saved_login(s: &Setup, home: &Path, facts: &Value, approvals: usi
         .as_array()
         .unwrap()
         .iter()
-        .filter(|t| {
-            t["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("bentoml-cli-"))
-        })
+        .filter(|t| t["description"] == "created by a browser login of the bentoml CLI")
         .collect();
+    let mut got: Vec<&str> = made.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let mut want = names.to_vec();
+    got.sort_unstable();
+    want.sort_unstable();
     assert_eq!(
-        made.len(),
-        approvals,
-        "one bentoml-cli- token per approval: {listed}"
+        got, want,
+        "one token per approval, named as approved: {listed}"
     );
     let mut uids = Vec::new();
     for t in made {
-        let date = &t["created_at"].as_str().unwrap()[..10];
-        assert_eq!(t["name"], format!("bentoml-cli-{date}"), "{t}");
         assert_eq!(
             t["scopes"],
             serde_json::json!(["api"]),
             "api scope only: {t}"
         );
+        assert_eq!(t["user"]["name"], "bob", "{t}");
+        assert_eq!(t["is_organization_token"], false, "personal: {t}");
+        assert_eq!(t["all_deployments"], false, "{t}");
+        assert_eq!(t["deployments"], serde_json::json!([]), "{t}");
         uids.push(t["uid"].as_str().unwrap().to_owned());
     }
 
@@ -598,7 +600,15 @@ async fn bentoml_1_4_40_logs_in_with_a_browser_by_code() {
         .await
         .unwrap()
         .unwrap();
-    assert!(name.starts_with("bentoml-cli-"), "{name}");
+    let date = name.strip_prefix("bentoml-cli-").unwrap_or("");
+    assert!(
+        date.len() == 10
+            && date.bytes().enumerate().all(|(i, c)| match i {
+                4 | 7 => c == b'-',
+                _ => c.is_ascii_digit(),
+            }),
+        "the default name is bentoml-cli-<date>: {name}"
+    );
     checked(&b, "approval").await;
 
     b.click("#approve").await;
@@ -645,7 +655,7 @@ async fn bentoml_1_4_40_logs_in_with_a_browser_by_code() {
     assert!(panel.contains("This login code does not work"), "{panel}");
     assert!(!b.has("#approve").await, "a denied code has no Approve");
 
-    let uid = check_saved_login(&s, home.path(), &facts, 1)
+    let uid = check_saved_login(&s, home.path(), &facts, &[&name])
         .await
         .remove(0);
     // bob's console lists it, without its value.
@@ -728,11 +738,14 @@ async fn bentoml_1_4_10_logs_in_with_a_browser_by_callback() {
     );
     checked(&b, "approval-callback").await;
 
+    // The token's name is editable.
+    const NAME: &str = "bobs-laptop-cli";
+    b.fill("#cli-name", NAME).await;
     b.click("#approve").await;
     // The hand-off page posts the value to the CLI's loopback server at once.
     let mut log = Log(Vec::new());
-    let (facts, approvals) = match handed_off(&b, &mut driver, &mut log, &callback).await {
-        Ok(facts) => (facts, 1),
+    let (facts, approved) = match handed_off(&b, &mut driver, &mut log, &callback).await {
+        Ok(facts) => (facts, vec![NAME]),
         Err(blocked) => {
             // KNOWN BUG (src/console/mod.rs, Reply::into_response): the hand-off response's
             // CSP appends the callback after the policy's last directive, `base-uri 'none'`,
@@ -760,14 +773,15 @@ async fn bentoml_1_4_10_logs_in_with_a_browser_by_callback() {
             );
             bypass_csp(&b).await;
             b.open(&url).await;
+            b.fill("#cli-name", NAME).await;
             b.click("#approve").await;
             let facts = handed_off(&b, &mut driver, &mut log, &callback)
                 .await
                 .unwrap_or_else(|blocked| panic!("still blocked: {blocked:?}"));
-            (facts, 2)
+            (facts, vec![NAME, NAME])
         }
     };
-    check_saved_login(&s, home.path(), &facts, approvals).await;
+    check_saved_login(&s, home.path(), &facts, &approved).await;
     b.close().await;
     drop(driver);
     eprintln!("bentoml 1.4.10 browser login: {:?}", started.elapsed());
