@@ -41,7 +41,10 @@ def fail(message, transcript=None):
 
 
 def client_env(home):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BENTO_CLOUD_")}
+    # No BENTO_CLOUD_API_KEY (it would override the saved context), and no display: the only
+    # browser webbrowser may find is BROWSER.
+    dropped = ("BENTO_CLOUD_", "DISPLAY", "WAYLAND_DISPLAY")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     env.update(
         BENTOML_HOME=home,
         BENTOML_DO_NOT_TRACK="True",
@@ -53,6 +56,9 @@ def client_env(home):
         # rich wraps at the terminal's width (80 when stdout is no terminal); no wrapping.
         COLUMNS="300",
         LINES="50",
+        # The gateway is on loopback: never through a proxy from the environment.
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
     )
     return env
 
