@@ -10,10 +10,6 @@
 //!   console's hand-off page posting the token to it; a non-loopback callback is refused and an
 //!   unknown code is shown as not working.
 //!
-//! While the hand-off page's CSP does not allow its own form (see `KNOWN BUG` below), the
-//! 1.4.10 test accepts exactly that refusal, says so on stderr, and finishes the login with the
-//! CSP bypassed; once the policy is fixed it runs strictly by itself.
-//!
 //! Token values are asserted on, never printed. Every child runs in its own process group.
 
 #![allow(clippy::unwrap_used)]
@@ -489,57 +485,6 @@ async fn handed_off(
     }
 }
 
-/// The port of this test's chromedriver: the one child of this process named chromedriver
-/// (the tests take turns, so there is one), read from its `--port=` argument. The harness
-/// keeps the port to itself; only the CSP workaround needs it.
-fn chromedriver_port() -> u16 {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1));
-        if ppid != Some(me.as_str()) {
-            continue;
-        }
-        let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("chromedriver")) {
-            found.extend(
-                args.iter()
-                    .filter_map(|a| a.strip_prefix("--port="))
-                    .filter_map(|p| p.parse::<u16>().ok()),
-            );
-        }
-    }
-    assert_eq!(found.len(), 1, "one chromedriver child: {found:?}");
-    found[0]
-}
-
-/// Makes the browser ignore the CSP of the documents it loads from now on (DevTools'
-/// Page.setBypassCSP through chromedriver).
-async fn bypass_csp(b: &Browser) {
-    let id = b.client.session_id().await.unwrap().unwrap();
-    let driver: std::net::SocketAddr = ([127, 0, 0, 1], chromedriver_port()).into();
-    let answer = request(
-        &client(),
-        "POST",
-        driver,
-        &format!("/session/{id}/goog/cdp/execute"),
-        &[("content-type", "application/json")],
-        r#"{"cmd": "Page.setBypassCSP", "params": {"enabled": true}}"#,
-    )
-    .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bentoml_1_4_40_logs_in_with_a_browser_by_code() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -581,7 +526,7 @@ async fn bentoml_1_4_40_logs_in_with_a_browser_by_code() {
         "sent to sign in first"
     );
     b.fill("#token", &s.bob_token).await;
-    b.click("form[action='/login'] button[type=submit]").await;
+    b.submit("form[action='/login'] button[type=submit]").await;
     let panel = b.find("#approval").await.text().await.unwrap();
     assert!(b.url().await.ends_with(&format!("/api_tokens?code={code}")));
     assert!(panel.contains("Approve a bentoml CLI login?"), "{panel}");
@@ -616,7 +561,7 @@ async fn bentoml_1_4_40_logs_in_with_a_browser_by_code() {
     );
     checked(&b, "approval").await;
 
-    b.click("#approve").await;
+    b.submit("#approve").await;
     b.find("#login-approved").await;
     checked(&b, "login-approved").await;
     let facts = logged_in(&mut driver).await;
@@ -650,7 +595,7 @@ async fn bentoml_1_4_40_logs_in_with_a_browser_by_code() {
         .unwrap()
         .to_owned();
     b.open(&format!("{base}/api_tokens?code={denied}")).await;
-    b.click("#deny").await;
+    b.submit("#deny").await;
     b.find("#tokens").await;
     let poll_denied = format!("/api/v1/auth/token?code={denied}");
     let answer = send(&client(), s.admin, &poll_denied, &[]).await;
@@ -689,7 +634,7 @@ async fn bentoml_1_4_10_logs_in_with_a_browser_by_callback() {
     // bob signs in with a one-time link from an admin.
     let link = cli(&s.config, &["member", "login-link", "bob", "--url", &base]);
     b.open(link.lines().next().unwrap()).await;
-    b.click("form button[type=submit]").await;
+    b.submit("form button[type=submit]").await;
     b.find("#tokens, #empty").await;
 
     // Refused: a callback that is not loopback; an unknown code.
@@ -749,43 +694,10 @@ async fn bentoml_1_4_10_logs_in_with_a_browser_by_callback() {
     b.click("#approve").await;
     // The hand-off page posts the value to the CLI's loopback server at once.
     let mut log = Log(Vec::new());
-    let (facts, approved) = match handed_off(&b, &mut driver, &mut log, &callback).await {
-        Ok(facts) => (facts, vec![NAME]),
-        Err(blocked) => {
-            // KNOWN BUG (src/console/mod.rs, Reply::into_response): the hand-off response's
-            // CSP appends the callback after the policy's last directive, `base-uri 'none'`,
-            // instead of to `form-action`, so Chromium refuses to send the form. Only that
-            // exact refusal is tolerated; the login is then finished with the page's CSP
-            // bypassed (DevTools' Page.setBypassCSP), approving again: the first approval made
-            // a token that never reached the CLI. Remove this branch once the CSP is fixed;
-            // the strict path above then runs alone.
-            let refused = format!(
-                "Sending form data to '{callback}/' violates the following Content Security \
-                 Policy directive: \"form-action 'self'\""
-            );
-            let malformed = "The Content-Security-Policy directive 'base-uri' contains the \
-                             keyword 'none' alongside with other source expressions";
-            assert!(
-                blocked
-                    .iter()
-                    .all(|m| m.contains(&refused) || m.contains(malformed)),
-                "CSP violations on the hand-off page: {blocked:?}"
-            );
-            assert!(blocked.iter().any(|m| m.contains(&refused)), "{blocked:?}");
-            eprintln!(
-                "KNOWN BUG: the hand-off page's CSP does not let its form post to {callback} \
-                 (the callback is appended to base-uri, not form-action); bypassing the CSP"
-            );
-            bypass_csp(&b).await;
-            b.open(&url).await;
-            b.fill("#cli-name", NAME).await;
-            b.click("#approve").await;
-            let facts = handed_off(&b, &mut driver, &mut log, &callback)
-                .await
-                .unwrap_or_else(|blocked| panic!("still blocked: {blocked:?}"));
-            (facts, vec![NAME, NAME])
-        }
-    };
+    let facts = handed_off(&b, &mut driver, &mut log, &callback)
+        .await
+        .unwrap_or_else(|blocked| panic!("the hand-off page was blocked: {blocked:?}"));
+    let approved = vec![NAME];
     check_saved_login(&s, home.path(), &facts, &approved).await;
     b.close().await;
     drop(driver);
