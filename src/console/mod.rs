@@ -8,8 +8,9 @@
 //! refuses them anyway).
 //!
 //! Web rules kept here: every state-changing request is a POST carrying the session's CSRF value
-//! and an `Origin` equal to this listener's; a strict Content-Security-Policy with no inline
-//! script or style; `no-store` on every page (some show a token value); assets are embedded.
+//! and coming from this listener's own origin ([`Console::check_post`]); a strict
+//! Content-Security-Policy with no inline script or style; `no-store` on every page (some show
+//! a token value); assets are embedded.
 
 mod assets;
 mod cookies;
