@@ -698,6 +698,17 @@ async fn bentoml_1_4_10_logs_in_with_a_browser_by_callback() {
         .await
         .unwrap_or_else(|blocked| panic!("the hand-off page was blocked: {blocked:?}"));
     let approved = vec![NAME];
+    // The script sent it (the page stays, and says so), not the fallback form.
+    let done = b.find("#handoff-done").await;
+    assert!(
+        done.text()
+            .await
+            .unwrap()
+            .contains("Return to your terminal"),
+        "the hand-off page says the token went to the CLI"
+    );
+    assert!(b.url().await.starts_with(&base), "still on the console");
+    checked(&b, "login-handoff").await;
     check_saved_login(&s, home.path(), &facts, &approved).await;
     b.close().await;
     drop(driver);

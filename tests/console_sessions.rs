@@ -425,6 +425,11 @@ async fn posts_need_the_csrf_value_and_this_origin() {
         csp.contains("form-action 'self' http://localhost:41234;"),
         "{csp}"
     );
+    assert!(
+        csp.contains("connect-src 'self' http://localhost:41234;"),
+        "{csp}"
+    );
+    assert!(csp.ends_with("base-uri 'none'"), "{csp}");
     let page = web.get("/api_tokens").await;
     assert!(
         !page.headers["content-security-policy"]

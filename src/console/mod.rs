@@ -125,7 +125,8 @@ fn pair<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// What a handler answers: a page, a redirect, or an asset; cookies to set; and, for the one
-/// page that hands a token to an old CLI's loopback server, the extra form target.
+/// page that hands a token to an old CLI's loopback server, that server's origin (the only
+/// place besides this console its form and script may send to).
 pub(crate) struct Reply {
     status: StatusCode,
     body: Body,
@@ -197,10 +198,17 @@ impl Reply {
             h.insert(LOCATION, to);
         }
         let csp = match &self.form_target {
-            Some(target) => CSP.replace(
-                "form-action 'self'",
-                &format!("form-action 'self' {target}"),
-            ),
+            // The old CLI's loopback callback, for this one response: the script sends the
+            // token there (connect-src), the form is the fallback (form-action).
+            Some(target) => CSP
+                .replace(
+                    "form-action 'self'",
+                    &format!("form-action 'self' {target}"),
+                )
+                .replace(
+                    "connect-src 'self'",
+                    &format!("connect-src 'self' {target}"),
+                ),
             None => CSP.to_owned(),
         };
         if let Ok(v) = HeaderValue::from_str(&csp) {

@@ -25,6 +25,16 @@ document.addEventListener("DOMContentLoaded", () => {
       dialog.showModal();
     });
   }
+  // An old bentoml CLI waits on a loopback port for the token. Send it with fetch (its server
+  // answers CORS) so this page can say what happened; if that fails, post the form itself.
   const handoff = document.querySelector("form[data-autosubmit]");
-  if (handoff) handoff.submit();
+  if (handoff) {
+    fetch(handoff.action, { method: "POST", body: new URLSearchParams(new FormData(handoff)) })
+      .then((answer) => {
+        if (!answer.ok) throw new Error(String(answer.status));
+        handoff.hidden = true;
+        document.getElementById("handoff-done").hidden = false;
+      })
+      .catch(() => handoff.submit());
+  }
 });

@@ -90,6 +90,9 @@ pub(crate) fn callback_handoff(ctx: &Ctx, callback: &str, value: &str) -> Markup
                 p { "If nothing happens, press the button." }
                 button.primary type="submit" { "Send to the bentoml CLI" }
             }
+            p #handoff-done role="status" hidden {
+                "The token was sent to the bentoml CLI. Return to your terminal."
+            }
         },
     )
 }
