@@ -54,18 +54,7 @@ struct Setup {
 }
 
 fn cli(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_bentogate"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("the CLI runs");
-    assert!(
-        out.status.success(),
-        "bentogate {args:?}: {}",
-        redact(&String::from_utf8_lossy(&out.stderr))
-    );
-    String::from_utf8(out.stdout).unwrap()
+    cli_with(config, args)
 }
 
 async fn setup() -> Setup {

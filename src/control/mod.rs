@@ -240,6 +240,17 @@ impl Store {
         if !caller.is_member() {
             return Ok(Page::default());
         }
+        self.page(caller.visibility(), search, start, count)
+    }
+
+    /// One page of `visibility`, filtered by `search` (the one reading of a search text).
+    fn page(
+        &self,
+        visibility: Visibility,
+        search: Option<&str>,
+        start: PageStart,
+        count: usize,
+    ) -> Result<Page, ControlError> {
         let search = match search {
             Some(s) => Some(Search::new(s).ok_or_else(|| {
                 ControlError::Invalid("`search` must not contain control characters".into())
@@ -247,7 +258,7 @@ impl Store {
             None => None,
         };
         Ok(self.records.page(&PageQuery {
-            visibility: caller.visibility(),
+            visibility,
             search,
             start,
             count,
@@ -269,23 +280,12 @@ impl Store {
         if !caller.is_member() || no_personal {
             return Ok(Page::default());
         }
-        let search = match search {
-            Some(s) => Some(Search::new(s).ok_or_else(|| {
-                ControlError::Invalid("the search must not contain control characters".into())
-            })?),
-            None => None,
-        };
         let visibility = if personal {
             Visibility::PersonalOf(caller.user().to_owned())
         } else {
             Visibility::Organization
         };
-        Ok(self.records.page(&PageQuery {
-            visibility,
-            search,
-            start,
-            count,
-        })?)
+        self.page(visibility, search, start, count)
     }
 
     /// The console's state (sessions, links, login codes), kept with the records.

@@ -316,14 +316,7 @@ impl LinkFile {
     ) -> Result<T, StoreError> {
         let mut lock_name = self.path.as_os_str().to_owned();
         lock_name.push(".lock");
-        let lock_path = PathBuf::from(lock_name);
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(&lock_path, e))?;
-        lock.lock().map_err(|e| StoreError::io(&lock_path, e))?;
+        let _lock = super::lock_exclusive(Path::new(&lock_name))?;
         let mut links: Vec<LoginLink> = match std::fs::read_to_string(&self.path) {
             Ok(text) => text
                 .lines()

@@ -12,7 +12,7 @@
 //! [`Index`] (one record in or out) and writes the file in one streaming pass to a temp file,
 //! fsync, rename over the original, fsync the folder. Its own write is never parsed back.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::BufWriter;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -485,14 +485,7 @@ struct FileLock {
 impl FileLock {
     fn acquire(path: &Path) -> Result<FileLock, StoreError> {
         let target = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-        let lock_path = sibling(&target, ".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(&lock_path, e))?;
-        lock.lock().map_err(|e| StoreError::io(&lock_path, e))?;
+        let lock = super::lock_exclusive(&sibling(&target, ".lock"))?;
         Ok(FileLock {
             target,
             _lock: lock,

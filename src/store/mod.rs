@@ -76,3 +76,17 @@ pub(crate) fn wait<F: std::future::Future>(call: F) -> Result<F::Output, StoreEr
         .map_err(|_| StoreError::Database("no async runtime to reach the database from".into()))?;
     Ok(handle.block_on(call))
 }
+
+/// Opens (creating it) and exclusively locks the lock file at `lock_path`; released when the
+/// returned file is dropped. Every file bentogate rewrites in place of another process is
+/// guarded by one.
+pub(crate) fn lock_exclusive(lock_path: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|e| StoreError::io(lock_path, e))?;
+    lock.lock().map_err(|e| StoreError::io(lock_path, e))?;
+    Ok(lock)
+}
