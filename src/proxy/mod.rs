@@ -48,7 +48,7 @@ use crate::path::PathError;
 use crate::route::{Route, RouteTable};
 use crate::throttle::Throttle;
 use crate::token::Token;
-use crate::validator::{Validator, Verdict};
+use crate::validator::{Probe, Validator, Verdict};
 use access_log::{log, Logged};
 pub use reject::Reject;
 use request_id::{RequestIds, X_REQUEST_ID};
@@ -325,15 +325,15 @@ where
         };
         // A live cached token passes without touching the throttle; anything else is checked
         // against the client's failure bucket before the source is asked.
-        let verdict = match self.validator.cached(value, now) {
-            Some(v @ Verdict::Valid(_)) => v,
-            cached => {
+        let verdict = match self.validator.probe(value, now) {
+            Probe::Verdict(v @ Verdict::Valid(_)) => v,
+            probe => {
                 if let Some(reject) = self.throttled(parts, client) {
                     return deny(reject);
                 }
-                match cached {
-                    Some(v) => v,
-                    None => self.validator.validate(value, now).await,
+                match probe {
+                    Probe::Verdict(v) => v,
+                    Probe::Miss(miss) => self.validator.settle(value, miss, now).await,
                 }
             }
         };
