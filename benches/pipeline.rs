@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 
 use bentogate::config::Config;
 use bentogate::metrics::Metrics;
+use bentogate::proxy::access_log::CountedBody;
 use bentogate::proxy::upstream::UpstreamClient;
 use bentogate::proxy::Gateway;
 use bentogate::store::FileSource;
@@ -114,7 +115,7 @@ fn bench(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new().unwrap());
     let source = Arc::new(FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
     let validator = Arc::new(Validator::new(&config.tokens, source, metrics.clone()));
-    let client: UpstreamClient<InMemory, Full<Bytes>> =
+    let client: UpstreamClient<InMemory, CountedBody<Full<Bytes>>> =
         UpstreamClient::with_connector(&config, InMemory);
     let gateway = Gateway::with_client(&config, validator, &metrics, client);
     let rt = tokio::runtime::Builder::new_current_thread()

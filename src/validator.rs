@@ -6,6 +6,15 @@
 //! no I/O, no lock shared by all cores and no allocation (a test counts allocations; moka's own
 //! housekeeping, which it runs inline every 64 reads, allocates now and then).
 //!
+//! The data plane asks in two steps, [`Validator::probe`] then, for a miss and after the failure
+//! throttle, [`Validator::settle`]. With a source held in memory (the file source), the probe
+//! reads the source's own index, a flat read-mostly map, instead of moka: a hit is one hash
+//! probe with no per-read bookkeeping (flat from ten to a million tokens), and an unknown value
+//! is answered at once and never cached (rotating unknown values cannot churn the cache or
+//! allocate). The metrics keep their meaning for the data plane (a found token is a hit; an
+//! absent one a miss and a source lookup, after the throttle), and moka then holds only what
+//! [`Validator::validate`] (the control plane) cached.
+//!
 //! Freshness: every entry carries the source generation it was read under; an entry from an older
 //! generation is a miss, so a revocation is seen as soon as the source has reloaded. Entries live
 //! at most the cache TTL (one cache-wide TTL: moka's per-entry expiry costs a fifth of a hit); an
@@ -48,6 +57,22 @@ pub enum Verdict {
     Expired,
     /// The remote source could not be asked and nothing usable is cached: refused (fail closed).
     Unavailable,
+}
+
+/// What [`Validator::probe`] found.
+#[derive(Debug)]
+pub enum Probe {
+    /// Settled without asking a remote source.
+    Verdict(Verdict),
+    /// Not settled: pass it to [`Validator::settle`] (after the throttle check).
+    Miss(Miss),
+}
+
+/// A probe's miss: the digest computed once, and whether the in-memory index already lacks it.
+#[derive(Debug)]
+pub struct Miss {
+    digest: Digest,
+    absent: bool,
 }
 
 /// One remote lookup shared by every request that missed on the same digest meanwhile.
@@ -162,7 +187,11 @@ impl Validator {
         if token::check(value).is_err() {
             return Verdict::Malformed;
         }
-        let digest = Digest::of(value);
+        self.validate_digest(value, Digest::of(value), now).await
+    }
+
+    /// [`Validator::validate`] of a well-formed value whose digest is already known.
+    async fn validate_digest(&self, value: &[u8], digest: Digest, now: UnixSeconds) -> Verdict {
         if !self.in_memory {
             // Boxed: inlined, the remote call's large future would be part of every request's
             // future, file source included (measured: 0.7-1.4 % fewer instructions per request).
@@ -307,6 +336,61 @@ impl Validator {
         }
         self.metrics.cache_hits.inc();
         Some(verdict(entry.token, now))
+    }
+
+    /// The data plane's first step: the answer available without asking a remote source, or
+    /// the miss to settle with [`Validator::settle`] once the caller has checked the failure
+    /// throttle. The checksum and the SHA-256 digest are computed once, here, and the miss
+    /// carries the digest on.
+    ///
+    /// With a source held in memory (the file source) the source's index, a flat read-mostly
+    /// map, is probed directly and moka is not touched: a hit costs one hash probe and no
+    /// housekeeping (counted as a cache hit), and an absent token is known absent at once;
+    /// [`Validator::settle`] counts it as a miss and a source lookup and answers `Unknown`
+    /// without caching it, so rotating unknown values cannot churn the cache or allocate.
+    #[inline]
+    pub fn probe(&self, value: &[u8], now: UnixSeconds) -> Probe {
+        if token::check(value).is_err() {
+            return Probe::Verdict(Verdict::Malformed);
+        }
+        let digest = Digest::of(value);
+        if self.in_memory {
+            match self.source.lookup_now(&digest) {
+                Some(Some(token)) => {
+                    self.metrics.cache_hits.inc();
+                    return Probe::Verdict(verdict(Some(token), now));
+                }
+                Some(None) => {
+                    return Probe::Miss(Miss {
+                        digest,
+                        absent: true,
+                    })
+                }
+                None => {}
+            }
+        }
+        let generation = self.source.generation();
+        match self.cache.get(&digest) {
+            Some(entry) if entry.is_fresh(generation) => {
+                self.metrics.cache_hits.inc();
+                Probe::Verdict(verdict(entry.token, now))
+            }
+            _ => Probe::Miss(Miss {
+                digest,
+                absent: false,
+            }),
+        }
+    }
+
+    /// Settles a [`Validator::probe`] miss: asks the source (or, for a token the in-memory
+    /// index already lacks, answers `Unknown` and counts the lookup).
+    pub async fn settle(&self, value: &[u8], miss: Miss, now: UnixSeconds) -> Verdict {
+        if miss.absent {
+            self.metrics.cache_misses.inc();
+            self.metrics.source_lookups.inc();
+            return Verdict::Unknown;
+        }
+        self.validate_digest(value, miss.digest, now).await
     }
 
     /// Entries currently cached, after applying pending evictions (for /metrics, not per request).

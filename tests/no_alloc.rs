@@ -1,4 +1,5 @@
-//! The validator's cache hit allocates nothing (SPEC section 5): counted with a global allocator.
+//! The validator's cache hit allocates nothing (SPEC section 5), and the data plane's probe of
+//! the file source allocates nothing at all: counted with a global allocator.
 #![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -9,7 +10,7 @@ use bentogate::config::Config;
 use bentogate::metrics::Metrics;
 use bentogate::store::FileSource;
 use bentogate::token::{Secret, Token};
-use bentogate::validator::{Validator, Verdict};
+use bentogate::validator::{Probe, Validator, Verdict};
 
 struct Counting;
 static COUNTING: AtomicBool = AtomicBool::new(false);
@@ -116,5 +117,34 @@ fn a_cache_hit_allocates_nothing() {
     assert!(
         n <= MEASURED + MARGIN,
         "{n} allocations over 30,000 validations including housekeeping (measured {MEASURED})"
+    );
+
+    // 3. The data plane's path (probe, then settle for a miss): the file source's index answers
+    //    directly, moka is not touched, so not even housekeeping allocates.
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let passed = rt.block_on(async {
+        let mut passed = 0;
+        for _ in 0..10_000 {
+            for (v, valid) in [(&value, true), (&unknown, false)] {
+                let verdict = match validator.probe(v, 0) {
+                    Probe::Verdict(verdict) => verdict,
+                    Probe::Miss(miss) => validator.settle(v, miss, 0).await,
+                };
+                passed += usize::from(match verdict {
+                    Verdict::Valid(t) => valid && t.uid == "u1",
+                    Verdict::Unknown => !valid,
+                    _ => false,
+                });
+            }
+        }
+        passed
+    });
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(passed, 20_000);
+    let n = ALLOCATIONS.load(Ordering::SeqCst);
+    assert_eq!(
+        n, 0,
+        "{n} allocations over 20,000 probes (hits and unknowns)"
     );
 }

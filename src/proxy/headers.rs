@@ -54,18 +54,25 @@ fn via(version: Version) -> HeaderValue {
 /// One pass over the names finds which are present (most requests carry none, most responses
 /// only `Connection`); only those are removed, since every `remove` hashes its name.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = 0u16;
+    let mut present = 0u32;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         }
     }
-    if present == 0 {
+    remove_present_hop_by_hop(headers, present);
+}
+
+/// [`remove_hop_by_hop`] once the caller's scan found which of [`HOP_BY_HOP`] are present
+/// (bit `i` for `HOP_BY_HOP[i]`).
+fn remove_present_hop_by_hop(headers: &mut HeaderMap, present: u32) {
+    if present & HOP_MASK == 0 {
         return;
     }
     // Names listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1). The listed names
-    // that are in HOP_BY_HOP are handled below, and `close` names no header.
-    if headers.contains_key(CONNECTION) {
+    // that are in HOP_BY_HOP are handled below (compared as bytes first: parsing one would
+    // allocate), and `close` names no header.
+    if present & 1 != 0 {
         let mut listed: Vec<HeaderName> = Vec::new();
         for token in headers
             .get_all(CONNECTION)
@@ -74,12 +81,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
         {
-            if token.eq_ignore_ascii_case("close") {
+            if token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            {
                 continue;
             }
-            match HeaderName::from_bytes(token.as_bytes()) {
-                Ok(name) if !HOP_BY_HOP.contains(&name) => listed.push(name),
-                _ => {}
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
             }
         }
         for name in listed {
@@ -87,9 +97,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     // `TE: trailers` is end-to-end meaningful for HTTP/2 upstreams (gRPC); anything else goes.
-    let keep_te = headers
-        .get(TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let keep_te = present & 2 != 0
+        && headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if keep_te {
         // Only that first `TE: trailers` line goes on.
         if let Some(te) = headers.remove(TE) {
@@ -103,8 +114,55 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Bits of the request scan: `HOP_BY_HOP[i]` is bit `i`; then the names below.
+/// Covers the ten names of [`HOP_BY_HOP`] (a unit test checks the count).
+const HOP_MASK: u32 = (1 << 10) - 1;
+const HAS_AUTHORIZATION: u32 = 1 << 16;
+const HAS_YATAI_TOKEN: u32 = 1 << 17;
+const HAS_FORWARDED: u32 = 1 << 18;
+const HAS_REAL_IP: u32 = 1 << 19;
+const HAS_FORWARDED_HOST: u32 = 1 << 20;
+const HAS_UNDERSCORE: u32 = 1 << 21;
+/// The identity header names, in the order of `config.identity` (uid, name, owner).
+const HAS_IDENTITY: [u32; 3] = [1 << 22, 1 << 23, 1 << 24];
+
+/// One pass over a request's header names: which of those the rewrite removes or replaces are
+/// present, so that absent ones cost no hashed `remove`.
+fn scan_request(headers: &HeaderMap, config: &ForwardingConfig) -> u32 {
+    let ids = &config.identity;
+    let identity = [&ids.token_uid, &ids.token_name, &ids.token_owner];
+    let mut present = 0u32;
+    for name in headers.keys() {
+        present |= if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            1 << i
+        } else if name == AUTHORIZATION {
+            HAS_AUTHORIZATION
+        } else if name == X_YATAI_API_TOKEN {
+            HAS_YATAI_TOKEN
+        } else if name == FORWARDED {
+            HAS_FORWARDED
+        } else if name == X_REAL_IP {
+            HAS_REAL_IP
+        } else if name == X_FORWARDED_HOST {
+            HAS_FORWARDED_HOST
+        } else if let Some(i) = identity.iter().position(|n| n.as_ref() == Some(name)) {
+            HAS_IDENTITY[i]
+        } else {
+            0
+        };
+        if name.as_str().contains('_') {
+            present |= HAS_UNDERSCORE;
+        }
+    }
+    present
+}
+
 /// Rewrites a request's headers for the upstream. `host` is the host the request was routed
 /// on (for `X-Forwarded-Host`).
+///
+/// One scan of the names ([`scan_request`]) decides every removal: a header the client did not
+/// send costs no hashed `remove`; what is set is set with `insert` (which drops any prior
+/// values) or, for `Via`, `append`.
 pub fn rewrite_request(
     headers: &mut HeaderMap,
     config: &ForwardingConfig,
@@ -112,30 +170,38 @@ pub fn rewrite_request(
     host: Option<HeaderValue>,
     token: Option<&Token>,
 ) {
-    remove_hop_by_hop(headers);
-    if headers.keys().any(|n| n.as_str().contains('_')) {
+    let present = scan_request(headers, config);
+    remove_present_hop_by_hop(headers, present);
+    if present & HAS_UNDERSCORE != 0 {
         remove_lookalikes(headers, config);
     }
     if config.strip_authorization {
-        headers.remove(AUTHORIZATION);
-        headers.remove(&X_YATAI_API_TOKEN);
+        if present & HAS_AUTHORIZATION != 0 {
+            headers.remove(AUTHORIZATION);
+        }
+        if present & HAS_YATAI_TOKEN != 0 {
+            headers.remove(&X_YATAI_API_TOKEN);
+        }
     }
     // Our identity headers replace any the client sent (`insert` drops every prior value);
     // names we do not fill are removed, so a caller can never spoof them.
     let (names, values) = (&config.identity, token.map(Token::identity));
-    for (name, value) in [
+    for ((name, value), bit) in [
         (&names.token_uid, values.and_then(|v| v.uid.as_ref())),
         (&names.token_name, values.and_then(|v| v.name.as_ref())),
         (&names.token_owner, values.and_then(|v| v.owner.as_ref())),
-    ] {
+    ]
+    .into_iter()
+    .zip(HAS_IDENTITY)
+    {
         match (name, value) {
             (Some(name), Some(value)) => {
                 headers.insert(name.clone(), value.clone());
             }
-            (Some(name), None) => {
+            (Some(name), None) if present & bit != 0 => {
                 headers.remove(name);
             }
-            (None, _) => {}
+            _ => {}
         }
     }
     if hop.trusted {
@@ -143,17 +209,26 @@ pub fn rewrite_request(
     } else {
         // From anyone else these name whoever the client claims to be: say who it is instead.
         headers.insert(X_FORWARDED_FOR.clone(), ip_value(hop.client));
-        headers.remove(&FORWARDED);
-        headers.remove(&X_REAL_IP);
+        if present & HAS_FORWARDED != 0 {
+            headers.remove(&FORWARDED);
+        }
+        if present & HAS_REAL_IP != 0 {
+            headers.remove(&X_REAL_IP);
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         if hop.https { PROTO_HTTPS } else { PROTO_HTTP },
     );
     match host {
-        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        None if present & HAS_FORWARDED_HOST != 0 => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        None => {}
+    }
     headers.append(VIA, via(hop.version));
 }
 
@@ -272,6 +347,12 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn the_scan_bits_cover_the_hop_by_hop_list_and_do_not_overlap() {
+        assert_eq!(HOP_MASK, (1 << HOP_BY_HOP.len()) - 1);
+        const { assert!(HOP_MASK < HAS_AUTHORIZATION) };
     }
 
     #[test]

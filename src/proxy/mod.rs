@@ -9,8 +9,10 @@
 //! 5. **forward**: pooled client, response-headers timeout (502, 504);
 //! 6. **respond**: the upstream's body streams through frame by frame; an accepted WebSocket
 //!    upgrade becomes a byte tunnel between the two connections (no other upgrade is forwarded);
-//! 7. **log**: one metrics update and one access-log line (client address, host, method,
-//!    normalized path, status, declared bytes in and out, duration, request id, token uid).
+//! 7. **log**: one metrics update, and one access-log line (client address, host, method,
+//!    normalized path, status, request body bytes forwarded and response body bytes sent, time
+//!    to the response headers, request id, token uid), written when the response body ends or
+//!    is dropped ([`access_log`]).
 //!
 //! Every request carries an `X-Request-Id` ([`request_id`]): the client's if sane, else a new
 //! one; the upstream receives it and the client gets it back, refusals included.
@@ -25,6 +27,7 @@ pub mod target;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,14 +51,17 @@ use crate::path::PathError;
 use crate::route::{Route, RouteTable};
 use crate::throttle::Throttle;
 use crate::token::Token;
-use crate::validator::{Validator, Verdict};
-use access_log::{log, Logged};
+use crate::validator::{Probe, Validator, Verdict};
+use access_log::{CountedBody, Line, Logged, LoggedBody};
 pub use reject::Reject;
 use request_id::{RequestIds, X_REQUEST_ID};
 use upstream::{UpstreamBody, UpstreamClient};
 
 /// What a client receives: the upstream's streamed body, or a short body of our own.
-pub type ProxyBody<B = Incoming> = Either<UpstreamBody<B>, Full<Bytes>>;
+pub type ProxyBody<B = Incoming> = Either<UpstreamBody<CountedBody<B>>, Full<Bytes>>;
+
+/// The response body handed to the server: [`ProxyBody`], counted for the access log.
+pub type ClientBody<B = Incoming> = LoggedBody<ProxyBody<B>>;
 
 /// The data plane: everything a request needs, immutable and shared by all connections.
 /// Generic over the upstream connector and the request body only so that benches can run it in
@@ -63,7 +69,7 @@ pub type ProxyBody<B = Incoming> = Either<UpstreamBody<B>, Full<Bytes>>;
 pub struct Gateway<C = HttpsConnector<HttpConnector>, B = Incoming> {
     routes: RouteTable,
     validator: Arc<Validator>,
-    client: UpstreamClient<C, B>,
+    client: UpstreamClient<C, CountedBody<B>>,
     forwarding: ForwardingConfig,
     max_header_bytes: usize,
     unrouted: RouteMetrics,
@@ -169,7 +175,7 @@ where
         config: &Config,
         validator: Arc<Validator>,
         metrics: &Metrics,
-        client: UpstreamClient<C, B>,
+        client: UpstreamClient<C, CountedBody<B>>,
     ) -> Self {
         Gateway {
             routes: RouteTable::new(
@@ -198,7 +204,11 @@ where
     }
 
     /// Serves one request from `client`.
-    pub async fn handle(&self, req: Request<B>, client: impl Into<Peer>) -> Response<ProxyBody<B>> {
+    pub async fn handle(
+        &self,
+        req: Request<B>,
+        client: impl Into<Peer>,
+    ) -> Response<ClientBody<B>> {
         let client = client.into();
         let started = Instant::now();
         let request_id = self.ids.take(req.headers());
@@ -206,10 +216,11 @@ where
             method: req.method().clone(),
             uri: req.uri().clone(),
             host: req.headers().get(HOST).cloned(),
-            bytes_in: req.body().size_hint().exact(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
             path: None,
         });
         let (parts, body) = req.into_parts();
+        let body = CountedBody::new(body, logged.as_ref().map(|l| Arc::clone(&l.bytes_in)));
         let version = parts.version;
         let (route, token, outcome, mut res) = match self.admit(&parts, client).await {
             Err(Refused {
@@ -264,20 +275,21 @@ where
         *res.version_mut() = version;
         let metrics = route.map_or(&self.unrouted, |r| &r.metrics);
         metrics.record(outcome, started.elapsed().as_secs_f64());
-        if let Some(logged) = &logged {
-            log(
+        let line = logged.map(|logged| {
+            Box::new(Line {
                 logged,
-                client.addr,
-                route.map(|r| &*r.name),
-                &res,
+                client: client.addr,
+                deployment: route.map(|r| r.name.clone()),
+                status: res.status().as_u16(),
                 outcome,
-                token.as_deref(),
-                &request_id,
-                started,
-            );
-        }
+                token,
+                request_id: request_id.clone(),
+                latency: started.elapsed(),
+                bytes_out: 0,
+            })
+        });
         res.headers_mut().insert(X_REQUEST_ID, request_id);
-        res
+        res.map(|body| LoggedBody::new(body, line))
     }
 
     /// The check, route and authorize phases; no I/O but a cache miss, no allocation on a hit.
@@ -325,15 +337,15 @@ where
         };
         // A live cached token passes without touching the throttle; anything else is checked
         // against the client's failure bucket before the source is asked.
-        let verdict = match self.validator.cached(value, now) {
-            Some(v @ Verdict::Valid(_)) => v,
-            cached => {
+        let verdict = match self.validator.probe(value, now) {
+            Probe::Verdict(v @ Verdict::Valid(_)) => v,
+            probe => {
                 if let Some(reject) = self.throttled(parts, client) {
                     return deny(reject);
                 }
-                match cached {
-                    Some(v) => v,
-                    None => self.validator.validate(value, now).await,
+                match probe {
+                    Probe::Verdict(v) => v,
+                    Probe::Miss(miss) => self.validator.settle(value, miss, now).await,
                 }
             }
         };
@@ -384,11 +396,11 @@ where
         &self,
         route: &Route,
         mut parts: Parts,
-        body: B,
+        body: CountedBody<B>,
         client: Peer,
         token: Option<&Token>,
         routed: Routed,
-    ) -> Result<Response<UpstreamBody<B>>, Reject> {
+    ) -> Result<Response<UpstreamBody<CountedBody<B>>>, Reject> {
         let client_version = parts.version;
         // A WebSocket upgrade (the only one tunnelled): keep the two headers the hop-by-hop rule
         // removes, and take the client side of the connection for the tunnel. Any other

@@ -148,11 +148,16 @@ impl UpstreamError {
     }
 }
 
-impl UpstreamClient {
+impl<B> UpstreamClient<HttpsConnector<HttpConnector>, B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     /// Builds the pools for `config`'s deployments over TCP, with TLS for `https://` upstreams,
     /// measured on `metrics`. Without an `https://` upstream the platform's roots are not loaded
     /// (a reload that adds one builds a new client).
-    pub fn new(config: &Config, metrics: &Metrics) -> Result<UpstreamClient, UpstreamTlsError> {
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Self, UpstreamTlsError> {
         let forwarding = &config.forwarding;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
