@@ -7,13 +7,11 @@
 //! housekeeping, which it runs inline every 64 reads, allocates now and then).
 //!
 //! The data plane asks in two steps, [`Validator::probe`] then, for a miss and after the failure
-//! throttle, [`Validator::settle`]. With a source held in memory (the file source), the probe
-//! reads the source's own index, a flat read-mostly map, instead of moka: a hit is one hash
-//! probe with no per-read bookkeeping (flat from ten to a million tokens), and an unknown value
-//! is answered at once and never cached (rotating unknown values cannot churn the cache or
-//! allocate). The metrics keep their meaning for the data plane (a found token is a hit; an
-//! absent one a miss and a source lookup, after the throttle), and moka then holds only what
-//! [`Validator::validate`] (the control plane) cached.
+//! throttle, [`Validator::settle`], with the digest computed once. With a source held in memory
+//! (the file source), a value missing from the cache is checked against the source's own index,
+//! a flat read-mostly map: one it lacks is answered `Unknown` (a miss and a source lookup in the
+//! metrics, as before) and never cached, so a stream of different unknown values neither churns
+//! the cache nor allocates; live tokens fill and hit the cache as before.
 //!
 //! Freshness: every entry carries the source generation it was read under; an entry from an older
 //! generation is a miss, so a revocation is seen as soon as the source has reloaded. Entries live
@@ -343,43 +341,26 @@ impl Validator {
     /// throttle. The checksum and the SHA-256 digest are computed once, here, and the miss
     /// carries the digest on.
     ///
-    /// With a source held in memory (the file source) the source's index, a flat read-mostly
-    /// map, is probed directly and moka is not touched: a hit costs one hash probe and no
-    /// housekeeping (counted as a cache hit), and an absent token is known absent at once;
-    /// [`Validator::settle`] counts it as a miss and a source lookup and answers `Unknown`
-    /// without caching it, so rotating unknown values cannot churn the cache or allocate.
+    /// A live token is found in moka as before (the first use fills it: one source lookup,
+    /// shared by concurrent first uses). On a cache miss with a source held in memory (the file
+    /// source), the source's index, a flat read-mostly map, is probed: a value it lacks is known
+    /// unknown at once, and [`Validator::settle`] answers it without caching it, so rotating
+    /// unknown values cannot churn the cache (evicting live tokens) or allocate.
     #[inline]
     pub fn probe(&self, value: &[u8], now: UnixSeconds) -> Probe {
         if token::check(value).is_err() {
             return Probe::Verdict(Verdict::Malformed);
         }
         let digest = Digest::of(value);
-        if self.in_memory {
-            match self.source.lookup_now(&digest) {
-                Some(Some(token)) => {
-                    self.metrics.cache_hits.inc();
-                    return Probe::Verdict(verdict(Some(token), now));
-                }
-                Some(None) => {
-                    return Probe::Miss(Miss {
-                        digest,
-                        absent: true,
-                    })
-                }
-                None => {}
-            }
-        }
         let generation = self.source.generation();
-        match self.cache.get(&digest) {
-            Some(entry) if entry.is_fresh(generation) => {
+        if let Some(entry) = self.cache.get(&digest) {
+            if entry.is_fresh(generation) {
                 self.metrics.cache_hits.inc();
-                Probe::Verdict(verdict(entry.token, now))
+                return Probe::Verdict(verdict(entry.token, now));
             }
-            _ => Probe::Miss(Miss {
-                digest,
-                absent: false,
-            }),
         }
+        let absent = self.in_memory && matches!(self.source.lookup_now(&digest), Some(None));
+        Probe::Miss(Miss { digest, absent })
     }
 
     /// Settles a [`Validator::probe`] miss: asks the source (or, for a token the in-memory

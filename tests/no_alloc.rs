@@ -119,32 +119,38 @@ fn a_cache_hit_allocates_nothing() {
         "{n} allocations over 30,000 validations including housekeeping (measured {MEASURED})"
     );
 
-    // 3. The data plane's path (probe, then settle for a miss): the file source's index answers
-    //    directly, moka is not touched, so not even housekeeping allocates.
+    // 3. The data plane's path (probe, then settle for a miss) with a different unknown value
+    //    every time, as a guesser sends: answered from the file source's index, never cached,
+    //    so nothing is inserted. A cache insert per value allocates at least once each (9,000+);
+    //    what is left is moka's own bookkeeping of the missed reads (crossbeam-epoch garbage
+    //    bags): measured 2026-12-03 (debug build, 2-core machine) 186, one per ~48 values. The
+    //    bound, a tenth of the values, is far from both.
+    let guesses: Vec<Vec<u8>> = (0..9_000)
+        .map(|_| Secret::generate().unwrap().expose().as_bytes().to_vec())
+        .collect();
     ALLOCATIONS.store(0, Ordering::SeqCst);
-    COUNTING.store(true, Ordering::SeqCst);
-    let passed = rt.block_on(async {
-        let mut passed = 0;
-        for _ in 0..10_000 {
-            for (v, valid) in [(&value, true), (&unknown, false)] {
+    let mut unknown_answers = 0;
+    for batch in guesses.chunks(30) {
+        COUNTING.store(true, Ordering::SeqCst);
+        unknown_answers += rt.block_on(async {
+            let mut n = 0;
+            for v in batch {
                 let verdict = match validator.probe(v, 0) {
                     Probe::Verdict(verdict) => verdict,
                     Probe::Miss(miss) => validator.settle(v, miss, 0).await,
                 };
-                passed += usize::from(match verdict {
-                    Verdict::Valid(t) => valid && t.uid == "u1",
-                    Verdict::Unknown => !valid,
-                    _ => false,
-                });
+                n += usize::from(matches!(verdict, Verdict::Unknown));
             }
-        }
-        passed
-    });
-    COUNTING.store(false, Ordering::SeqCst);
-    assert_eq!(passed, 20_000);
+            n
+        });
+        COUNTING.store(false, Ordering::SeqCst);
+        validator.cached_entries();
+    }
+    assert_eq!(unknown_answers, 9_000);
     let n = ALLOCATIONS.load(Ordering::SeqCst);
-    assert_eq!(
-        n, 0,
-        "{n} allocations over 20,000 probes (hits and unknowns)"
+    assert!(
+        n <= guesses.len() / 10,
+        "{n} allocations over 9,000 different unknown values (measured 186)"
     );
+    assert_eq!(validator.cached_entries(), 2, "an unknown value was cached");
 }
