@@ -53,7 +53,8 @@ fi
 cargo build --release --quiet --bin bentogate
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/bentogate
 
-rm -rf "$OUT" && mkdir -p "$OUT"
+# Everything but the other scripts' folders (instructions.sh, profile.sh) is this run's.
+mkdir -p "$OUT" && find "$OUT" -mindepth 1 -maxdepth 1 ! -name instructions ! -name profile -exec rm -rf {} +
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

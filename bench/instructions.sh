@@ -5,6 +5,7 @@
 #
 #   bench/instructions.sh                        # every proxy, every mode, N=2000
 #   PROXIES=bentogate MODES="valid unknown" N=1000 bench/instructions.sh   # while iterating
+#   ACCESS_LOG=on PROXIES=bentogate bench/instructions.sh    # bentogate with its access log on
 #
 # Per proxy, one process under `valgrind --tool=callgrind --instr-atstart=no` (nginx with
 # `master_process off`, HAProxy `-db`, bentogate serve; configs from bench/configs.sh, as in
@@ -66,6 +67,10 @@ bentogate_conf "$GATE" "$GATE_ADMIN" "$UP" > "$OUT/gate/bentogate.yaml"
 # used tokens): work per second, not per request, and too bursty for the idle subtraction to
 # cancel from a few seconds' sample. It is moved out of the measured minutes.
 echo "tokens: {usage_flush: 1h}" >> "$OUT/gate/bentogate.yaml"
+# ACCESS_LOG=on: bentogate writes its access log (JSON, to the valgrind log), to count its cost.
+if [ "${ACCESS_LOG:-off}" = on ]; then
+  sed -i 's/^log: {access: false, level: warn}/log: {access: true, level: info, format: json}/' "$OUT/gate/bentogate.yaml"
+fi
 [[ " $PROXIES " != *" bentogate "* ]] || "$BIN" token import "$OUT/import.json" --config "$OUT/gate/bentogate.yaml" >/dev/null
 
 # The dump's instruction count ("totals:"; its "summary:" line can wrap below zero after an
