@@ -32,7 +32,7 @@ struct Setup {
 }
 
 fn cli(config: &Path, args: &[&str]) -> String {
-    cli_with(config, args)
+    common::cli::cli_with(config, args)
 }
 
 async fn setup() -> Setup {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bentogate::config::Config;
 use bentogate::server::Running;
+pub mod cli;
 pub mod console_suite;
 pub mod pki;
 pub mod store_suite;
@@ -693,21 +694,4 @@ pub async fn bento_service() -> BentoService {
         _home: home,
         _process: process,
     }
-}
-
-/// Runs the real binary's CLI with `--config CONFIG`; returns stdout, asserting success (stderr,
-/// with token values redacted, in the failure message).
-pub fn cli_with(config: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bentogate"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .expect("the CLI runs");
-    assert!(
-        out.status.success(),
-        "bentogate {args:?}: {}",
-        bentogate::token::redact_values(&String::from_utf8_lossy(&out.stderr))
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
