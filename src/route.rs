@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 /// One deployment as the request path needs it.
 pub struct Route {
     /// The deployment name (what tokens name).
-    pub name: Box<str>,
+    pub name: std::sync::Arc<str>,
     /// Path prefix this route was matched by.
     pub prefix: Box<str>,
     /// Who passes.

@@ -39,7 +39,7 @@ pub(super) struct Logged {
 pub(super) struct Line {
     pub(super) logged: Logged,
     pub(super) client: SocketAddr,
-    pub(super) deployment: Option<Box<str>>,
+    pub(super) deployment: Option<std::sync::Arc<str>>,
     pub(super) status: u16,
     pub(super) outcome: Outcome,
     /// The token, for its uid (never its value).

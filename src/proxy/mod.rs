@@ -583,7 +583,7 @@ fn is_websocket_upgrade(parts: &Parts) -> bool {
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    deployment: Box<str>,
+    deployment: std::sync::Arc<str>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
