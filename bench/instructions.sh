@@ -40,7 +40,9 @@ PROXIES=${PROXIES:-nginx haproxy bentogate}
 MODES=${MODES:-valid unknown unknown-rotating wrong-scope}
 TOP=${TOP:-15}
 IDLE=${IDLE:-3}   # seconds of idle measured per mode
-UP=18281 GATE=18283 GATE_ADMIN=18293
+# Ports: override (PORT_BASE=...) to run two measurements side by side.
+PORT_BASE=${PORT_BASE:-18280}
+UP=$((PORT_BASE + 1)) GATE=$((PORT_BASE + 3)) GATE_ADMIN=$((PORT_BASE + 13))
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need valgrind || ! need nginx || ! need haproxy; then
