@@ -267,8 +267,11 @@ async fn malformed_tokens_never_reach_the_cache_or_the_source() {
     );
 }
 
+/// The file source's index is its cache: a token loaded but never presented passes on its
+/// first uses, concurrent ones included, as hits with no source lookup and nothing cached.
+/// (Concurrent misses of a remote source share one lookup: tests/control_plane.rs.)
 #[tokio::test]
-async fn concurrent_misses_for_one_token_make_one_lookup() {
+async fn first_uses_of_a_loaded_token_are_hits_on_the_index() {
     let (_u, g) = protected_gate().await;
     let (_, warm) = add_token(&g.tokens, Grant::to(&["a"]));
     until_status(g.addr, "/", Some(&warm), StatusCode::OK).await;
@@ -278,10 +281,7 @@ async fn concurrent_misses_for_one_token_make_one_lookup() {
         metric(&metrics(g.admin).await, "bentogate_tokens_loaded") == 2.0
     })
     .await;
-    let before = metric(
-        &metrics(g.admin).await,
-        "bentogate_token_source_lookups_total",
-    );
+    let before = metrics(g.admin).await;
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let (addr, v) = (g.addr, value.clone());
@@ -292,16 +292,12 @@ async fn concurrent_misses_for_one_token_make_one_lookup() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
-    let after = metric(
-        &metrics(g.admin).await,
-        "bentogate_token_source_lookups_total",
-    );
-    assert_eq!(
-        after - before,
-        1.0,
-        "50 concurrent first uses made {} lookups",
-        after - before
-    );
+    let after = metrics(g.admin).await;
+    let moved = |series: &str| metric(&after, series) - metric(&before, series);
+    assert_eq!(moved("bentogate_token_source_lookups_total"), 0.0);
+    assert_eq!(moved("bentogate_token_cache_misses_total"), 0.0);
+    assert_eq!(moved("bentogate_token_cache_hits_total"), 50.0);
+    assert_eq!(metric(&after, "bentogate_token_cache_entries"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,6 +437,35 @@ fn a_hundred_thousand_tokens_import_in_one_run() {
     );
 }
 
+/// The file source is never cached: an unknown value is a miss and a lookup of the index every
+/// time, and nothing is kept, however many different values are tried.
+#[test]
+fn the_file_source_answers_from_its_index_and_caches_nothing() {
+    use bentogate::validator::Verdict;
+    let (validator, metrics, _dir) = in_memory_validator("{capacity: 16}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let unknown = bentogate::token::Secret::generate().unwrap();
+        for _ in 0..10 {
+            assert!(matches!(
+                validator.validate(unknown.expose().as_bytes(), 0).await,
+                Verdict::Unknown
+            ));
+        }
+        assert_eq!(metrics.source_lookups.get(), 10);
+        assert_eq!(metrics.cache_misses.get(), 10);
+        assert_eq!(metrics.cache_hits.get(), 0);
+        for _ in 0..1000 {
+            let v = bentogate::token::Secret::generate().unwrap();
+            validator.validate(v.expose().as_bytes(), 0).await;
+        }
+    });
+    assert_eq!(validator.cached_entries(), 0);
+}
+
+/// The remote sources' cache (moka), over a token file reached the remote way.
 #[test]
 fn the_cache_is_bounded_and_unknown_tokens_are_cached_negatively() {
     use bentogate::validator::Verdict;
@@ -509,9 +534,32 @@ fn a_negative_answer_is_looked_up_again_after_the_negative_ttl() {
     assert_eq!(metrics.source_lookups.get(), 2);
 }
 
-/// A validator over an empty token file with the given `tokens.cache` settings.
+/// A validator over an empty token file with the given `tokens.cache` settings, on the remote
+/// sources' path (moka in front of an asynchronous lookup).
 fn validator_with(
     cache: &str,
+) -> (
+    bentogate::validator::Validator,
+    Arc<bentogate::metrics::Metrics>,
+    tempfile::TempDir,
+) {
+    validator_over(cache, true)
+}
+
+/// The same over the file source itself.
+fn in_memory_validator(
+    cache: &str,
+) -> (
+    bentogate::validator::Validator,
+    Arc<bentogate::metrics::Metrics>,
+    tempfile::TempDir,
+) {
+    validator_over(cache, false)
+}
+
+fn validator_over(
+    cache: &str,
+    remote: bool,
 ) -> (
     bentogate::validator::Validator,
     Arc<bentogate::metrics::Metrics>,
@@ -525,8 +573,13 @@ fn validator_with(
     )
     .unwrap();
     let metrics = Arc::new(bentogate::metrics::Metrics::new().unwrap());
-    let source =
+    let file =
         Arc::new(bentogate::store::FileSource::open(&config.tokens.file, metrics.clone()).unwrap());
+    let source: Arc<dyn bentogate::store::TokenSource> = if remote {
+        Arc::new(common::remote_file::RemoteFile(file))
+    } else {
+        file
+    };
     let validator = bentogate::validator::Validator::new(&config.tokens, source, metrics.clone());
     (validator, metrics, dir)
 }

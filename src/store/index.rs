@@ -50,10 +50,16 @@ pub struct Index {
     organization: Organization,
     members: Vec<Member>,
     /// Names of active members: a personal token is live only while its owner is one.
-    active: HashSet<String>,
+    active: HashSet<String, Fast>,
     by_uid: HashSet<ByUid>,
-    by_digest: HashMap<Digest, Arc<Token>>,
+    /// Probed once per request for a token (the data plane's only lookup for the file source).
+    /// Keys are SHA-256 outputs and members' names, so a fast seeded hash suffices: SipHash
+    /// cost more than the probe itself.
+    by_digest: HashMap<Digest, Arc<Token>, Fast>,
 }
+
+/// The hasher of the per-request maps.
+type Fast = foldhash::fast::RandomState;
 
 impl Index {
     /// Indexes a parsed (and validated) file. An organization without a creation time gets
@@ -76,7 +82,7 @@ impl Index {
             .map(|m| m.name.clone())
             .collect();
         let mut by_uid = HashSet::with_capacity(file.tokens.len());
-        let mut by_digest = HashMap::with_capacity(file.tokens.len());
+        let mut by_digest = HashMap::with_capacity_and_hasher(file.tokens.len(), Fast::default());
         for t in file.tokens {
             let t = Arc::new(t);
             by_digest.insert(t.digest, Arc::clone(&t));
