@@ -40,7 +40,8 @@ PROXIES=${PROXIES:-nginx haproxy bentogate}
 MODES=${MODES:-valid unknown unknown-rotating wrong-scope}
 TOP=${TOP:-15}
 IDLE=${IDLE:-3}   # seconds of idle measured per mode
-UP=18281 GATE=18283 GATE_ADMIN=18293
+# Overridable, so two checkouts can measure at once.
+UP=${UP_PORT:-18281} GATE=${GATE_PORT:-18283} GATE_ADMIN=${ADMIN_PORT:-18293}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need valgrind || ! need nginx || ! need haproxy; then
@@ -166,6 +167,6 @@ PY
             printf "%10d  %s\n", c / n, rest }' \
       | sed 's|/root/.cargo/registry/src/[^/]*/||; s|/rustc/[0-9a-f]*/||' \
       | grep -v -E '\?\?\?:0x|_start|__libc_start|start_thread|clone3|std::rt::lang_start|std::sys::.*thread|::main$|main$' \
-      | head -"$TOP"
+      | head -"$TOP" || true   # head closing the pipe early is not a failure (pipefail)
   done
 } | tee "$OUT/results.md"
