@@ -6,6 +6,8 @@
 #   bench/instructions.sh                        # every proxy, every mode, N=2000
 #   PROXIES=bentogate MODES="valid unknown" N=1000 bench/instructions.sh   # while iterating
 #   ACCESS_LOG=on PROXIES=bentogate bench/instructions.sh    # bentogate with its access log on
+#   PROXIES="nginx floor-refuse floor-forward" N=1000 bench/instructions.sh   # hyper's floor
+#   FLOOR_ARGS="--server http1 --date off" PROXIES="floor-refuse floor-forward" bench/instructions.sh
 #
 # Per proxy, one process under `valgrind --tool=callgrind --instr-atstart=no` (nginx with
 # `master_process off`, HAProxy `-db`, bentogate serve; configs from bench/configs.sh, as in
@@ -24,6 +26,11 @@
 # token: 401), unknown-rotating (a new well-formed unknown token every request: 401), wrong-scope
 # (a /beta token on /alpha: 403).
 #
+# floor-refuse and floor-forward are bench/floor.rs (an example, built here): hyper + tokio alone,
+# answering every request 401 (counted in the modes that are refused: unknown, unknown-rotating,
+# wrong-scope, where it answers 401 instead of 403) or forwarding every request unchanged (valid
+# only). Not in the default PROXIES; FLOOR_ARGS passes its builder knobs (see its --help).
+#
 # Prints a table (bench/out/instructions/results.md): instructions per request per mode and proxy
 # and each one's ratio to nginx; then bentogate's top 15 functions by inclusive cost per forwarded
 # request. The raw profiles stay in bench/out/instructions/ for callgrind_annotate.
@@ -40,7 +47,7 @@ PROXIES=${PROXIES:-nginx haproxy bentogate}
 MODES=${MODES:-valid unknown unknown-rotating wrong-scope}
 TOP=${TOP:-15}
 IDLE=${IDLE:-3}   # seconds of idle measured per mode
-# Ports: override (PORT_BASE=...) to run two measurements side by side.
+# Ports: override (PORT_BASE=...) so two checkouts can measure at once.
 PORT_BASE=${PORT_BASE:-18280}
 UP=$((PORT_BASE + 1)) GATE=$((PORT_BASE + 3)) GATE_ADMIN=$((PORT_BASE + 13))
 
@@ -51,6 +58,8 @@ if ! need valgrind || ! need nginx || ! need haproxy; then
 fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/bentogate
 [[ " $PROXIES " != *" bentogate "* ]] || cargo build --release --quiet --bin bentogate
+FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/floor
+[[ " $PROXIES " != *" floor-"* ]] || cargo build --release --quiet --example floor
 
 rm -rf "$OUT" && mkdir -p "$OUT/gate"
 PIDS=()
@@ -87,6 +96,9 @@ for proxy in $PROXIES; do
     nginx) cmd=(nginx -c "$OUT/nginx.conf" -p "$OUT") ;;
     haproxy) cmd=(haproxy -f "$OUT/haproxy.cfg" -db) ;;
     bentogate) cmd=("$BIN" serve --config "$OUT/gate/bentogate.yaml") ;;
+    # shellcheck disable=SC2206  # FLOOR_ARGS is split into flags on purpose
+    floor-refuse | floor-forward) cmd=("$FLOOR" --listen 127.0.0.1:$GATE --upstream 127.0.0.1:$UP
+                                        --mode "${proxy#floor-}" ${FLOOR_ARGS:-}) ;;
     *) echo "unknown proxy $proxy" >&2; exit 2 ;;
   esac
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$prof" "${cmd[@]}" \
@@ -95,6 +107,12 @@ for proxy in $PROXIES; do
   wait_port $GATE
   next=0   # where each phase starts in the rotating sequences: no token is sent twice
   for mode in $MODES; do
+    # The floor counts only the modes it answers as the others do (floor-refuse's 401 for 403).
+    case $proxy:$mode in
+      floor-refuse:valid | floor-forward:unknown* | floor-forward:wrong-scope) continue ;;
+      floor-refuse:*) export EXPECT_STATUS=401 ;;
+      *) unset EXPECT_STATUS ;;
+    esac
     # Warm: every valid token once (the load test's steady state is all cache hits), then more.
     warm=$WARMUP
     [ "$mode" != valid ] || warm=$((WARMUP + $(wc -l < "$OUT/valid-alpha.txt")))
@@ -130,6 +148,7 @@ done
 {
   echo "Instructions per request (callgrind, N=$N: a 2N dump minus an N dump, each less the idle rate"
   echo "times its duration)."
+  [ -z "${FLOOR_ARGS:-}" ] || echo "floor: $FLOOR_ARGS"
   echo
   python3 - "$RAW" "$MODES" <<'PY'
 import sys
@@ -139,7 +158,7 @@ got = {(p, m): int(v) for p, m, v, *_ in rows}
 idle = {}
 for p, m, _v, rate, raw in rows:
     idle.setdefault(p, []).append((m, int(rate), int(raw)))
-proxies = [p for p in ("nginx", "haproxy", "bentogate") if any(k[0] == p for k in got)]
+proxies = [p for p in ("nginx", "haproxy", "bentogate", "floor-refuse", "floor-forward") if any(k[0] == p for k in got)]
 others = [p for p in proxies if p != "nginx"] if "nginx" in proxies else []
 print("| mode | " + " | ".join(proxies + [f"{p} / nginx" for p in others]) + " |")
 print("|---|" + "---:|" * (len(proxies) + len(others)))
@@ -154,11 +173,11 @@ print("before subtraction in brackets):")
 for p, xs in idle.items():
     print(f"- {p}: " + "; ".join(f"{m} {r:,}/s ({raw:,})" for m, r, raw in xs))
 PY
-  for mode in valid unknown; do
-    f=$OUT/bentogate-$mode.callgrind
+  for run in bentogate-valid bentogate-unknown floor-forward-valid floor-refuse-unknown; do
+    f=$OUT/$run.callgrind
     [ -f "$f" ] || continue
     echo
-    echo "bentogate, $mode: top $TOP functions by inclusive instructions per request"
+    echo "${run%-*}, ${run##*-}: top $TOP functions by inclusive instructions per request"
     echo
     callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
       | awk -v n=$((2 * N)) '/file:function/ {on=1; next}
@@ -168,6 +187,6 @@ PY
             printf "%10d  %s\n", c / n, rest }' \
       | sed 's|/root/.cargo/registry/src/[^/]*/||; s|/rustc/[0-9a-f]*/||' \
       | grep -v -E '\?\?\?:0x|_start|__libc_start|start_thread|clone3|std::rt::lang_start|std::sys::.*thread|::main$|main$' \
-      | head -"$TOP"
+      | head -"$TOP" || true   # head closing the pipe early is not a failure (pipefail)
   done
 } | tee "$OUT/results.md"
