@@ -4,6 +4,7 @@
 #   bench/compare.sh            # DURATION=10s CONNECTIONS=50 RUNS=1, the default MODES below
 #   RUNS=3 bench/compare.sh     # three runs of each; the table shows medians and the CPU spread
 #   MODES="valid-100k valid-1m" bench/compare.sh     # any subset, in any order
+#   FEATURES=mimalloc bench/compare.sh                # bentogate built with a cargo feature
 #
 # Modes (default: valid unknown unknown-rotating wrong-scope h2 tls tls-new):
 #   valid             forwarded, wrk rotating over the tokens allowed on /alpha (10,000 tokens)
@@ -50,7 +51,7 @@ if ! need wrk || ! need nginx || ! need haproxy || ! need h2load; then
 fi
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (proxy on one, load on the other)" >&2; exit 1; }
 
-cargo build --release --quiet --bin bentogate
+cargo build --release --quiet --bin bentogate ${FEATURES:+--features "$FEATURES"}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/bentogate
 
 # Everything but the other scripts' folders (instructions.sh, profile.sh) is this run's.

@@ -6,6 +6,7 @@
 #   bench/instructions.sh                        # every proxy, every mode, N=2000
 #   PROXIES=bentogate MODES="valid unknown" N=1000 bench/instructions.sh   # while iterating
 #   ACCESS_LOG=on PROXIES=bentogate bench/instructions.sh    # bentogate with its access log on
+#   FEATURES=mimalloc PROXIES=bentogate bench/instructions.sh  # built with a cargo feature
 #   PROXIES="nginx floor-refuse floor-forward" N=1000 bench/instructions.sh   # hyper's floor
 #   FLOOR_ARGS="--server http1 --date off" PROXIES="floor-refuse floor-forward" bench/instructions.sh
 #
@@ -57,7 +58,7 @@ if ! need valgrind || ! need nginx || ! need haproxy; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light haproxy >/dev/null
 fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/bentogate
-[[ " $PROXIES " != *" bentogate "* ]] || cargo build --release --quiet --bin bentogate
+[[ " $PROXIES " != *" bentogate "* ]] || cargo build --release --quiet --bin bentogate ${FEATURES:+--features "$FEATURES"}
 FLOOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/floor
 [[ " $PROXIES " != *" floor-"* ]] || cargo build --release --quiet --example floor
 

@@ -103,3 +103,107 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+/// The header read timeout runs from a head's first byte, on every request of a connection,
+/// not while a kept-alive connection is idle (that is the keep-alive timeout's): an idle
+/// connection outlives the header timeout and serves its next request; a trickled second head
+/// is cut off like a first one.
+#[tokio::test]
+async fn the_header_timeout_times_each_head_and_not_the_idle_time_between_them() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "limits: {{header_read_timeout: 300ms, keepalive_timeout: 10s}}\ndeployments:\n{}",
+        deployment("a", u.addr, "public", "")
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let request = b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n";
+    s.write_all(request).await.unwrap();
+    let first = read_response_head(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // Idle for more than three header timeouts: still open, and the next request is served.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.write_all(b"GET /two HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_response_head(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // A third head that never completes is cut off (between 1 and 1.5 timeouts, plus slack).
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /three HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a pending second head was never timed out");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "cut off after {took:?}, before the 300 ms timeout"
+    );
+    assert_eq!(
+        u.seen.lock().unwrap().len(),
+        2,
+        "the cut request reached the upstream"
+    );
+}
+
+/// Reads one response's head and its body (`content-length` bodies only), returning the head.
+async fn read_response_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("no response within 5 s")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the response head ended");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    head
+}
+
+/// HTTP/2 has no request head to time between requests: frames that arrive while no request is
+/// in flight (here pings, every 100 ms for four header timeouts) never close the connection.
+#[tokio::test]
+async fn http2_frames_between_requests_are_not_a_slow_head() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "limits: {{header_read_timeout: 300ms, keepalive_timeout: 10s}}\ndeployments:\n{}",
+        deployment("a", u.addr, "public", "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let (mut h2, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().unwrap();
+    let driven = tokio::spawn(conn);
+    for path in ["/one", "/two"] {
+        let req = http::Request::get(format!("http://x{path}"))
+            .body(())
+            .unwrap();
+        let (res, _) = h2.send_request(req, true).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(5), res)
+            .await
+            .expect("no response within 5 s")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        if path == "/one" {
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                pings.ping(h2::Ping::opaque()).await.unwrap();
+            }
+        }
+    }
+    assert!(!driven.is_finished(), "the connection ended");
+}
