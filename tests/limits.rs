@@ -70,6 +70,25 @@ async fn a_client_too_slow_to_send_its_headers_is_cut_off() {
     assert!(u.seen.lock().unwrap().is_empty());
 }
 
+/// A connection that never sends a byte owes its first head from the moment it opened: it is
+/// cut at the header read timeout, not held for the (longer) keep-alive timeout.
+#[tokio::test]
+async fn a_silent_connection_is_cut_at_the_header_timeout() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "limits: {{header_read_timeout: 300ms, keepalive_timeout: 30s}}\ndeployments:\n{}",
+        deployment("a", u.addr, "public", "")
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a silent connection still open 5 s after a 300 ms header timeout"
+    );
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let u = upstream().await;

@@ -154,6 +154,9 @@ where
 {
     let opened = Instant::now();
     let activity = Arc::new(Activity::default());
+    // A new connection owes its first head from the start: one that sends nothing is cut at the
+    // header read timeout, not held for the keep-alive timeout.
+    activity.head_since.store(1, Ordering::Relaxed);
     let seen = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let guard = InFlight::start(Arc::clone(&seen));
@@ -269,6 +272,8 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
         if *this.state == Watch::First {
             let n = read.len().min(H2_PREFACE.len());
             *this.state = if read[..n] == H2_PREFACE[..n] {
+                // No head is owed on HTTP/2: its streams are judged by hyper.
+                this.activity.head_since.store(0, Ordering::Relaxed);
                 Watch::Frames
             } else {
                 Watch::Heads
