@@ -25,6 +25,27 @@ pub enum Style {
     Off,
 }
 
+/// A field's name as each format writes it before the value, built by [`key!`] at compile
+/// time so that writing it is one copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Key {
+    /// `,"name":`
+    pub json: &'static str,
+    /// ` name=` (the space is left out before a line's first field).
+    pub text: &'static str,
+}
+
+/// The [`Key`] for a field name (a string literal of plain ASCII, which is not escaped).
+#[macro_export]
+macro_rules! log_key {
+    ($name:literal) => {
+        $crate::log_line::Key {
+            json: concat!(",\"", $name, "\":"),
+            text: concat!(" ", $name, "="),
+        }
+    };
+}
+
 /// A line's fields, appended in call order after its timestamp and level.
 pub struct Fields<'a> {
     buf: &'a mut Vec<u8>,
@@ -34,7 +55,7 @@ pub struct Fields<'a> {
 
 impl Fields<'_> {
     /// A string field: a JSON string; in text, quoted and escaped as `{:?}` does.
-    pub fn str(&mut self, key: &str, value: &[u8]) {
+    pub fn str(&mut self, key: Key, value: &[u8]) {
         self.key(key);
         if self.json {
             json_str(self.buf, value);
@@ -45,11 +66,11 @@ impl Fields<'_> {
 
     /// A field recorded with `%` (Display): a JSON string; in text, bare (quoted and escaped
     /// only when it holds a byte a reader could mistake for framing).
-    pub fn display(&mut self, key: &str, value: &[u8]) {
+    pub fn display(&mut self, key: Key, value: &[u8]) {
         self.key(key);
         if self.json {
             json_str(self.buf, value);
-        } else if value.iter().all(|&b| plain(b) && b != b' ') {
+        } else if all_plain(value) && !value.contains(&b' ') {
             self.buf.extend_from_slice(value);
         } else {
             debug_str(self.buf, value);
@@ -57,7 +78,7 @@ impl Fields<'_> {
     }
 
     /// A socket address, as its `Display` writes it, recorded with `%`.
-    pub fn addr(&mut self, key: &str, addr: &SocketAddr) {
+    pub fn addr(&mut self, key: Key, addr: &SocketAddr) {
         self.key(key);
         if self.json {
             self.buf.push(b'"');
@@ -85,31 +106,26 @@ impl Fields<'_> {
     }
 
     /// An unsigned number.
-    pub fn u64(&mut self, key: &str, value: u64) {
+    pub fn u64(&mut self, key: Key, value: u64) {
         self.key(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// A boolean.
-    pub fn bool(&mut self, key: &str, value: bool) {
+    pub fn bool(&mut self, key: Key, value: bool) {
         self.key(key);
         self.buf
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
-    fn key(&mut self, key: &str) {
-        if self.json {
-            self.buf.extend_from_slice(b",\"");
-            self.buf.extend_from_slice(key.as_bytes());
-            self.buf.extend_from_slice(b"\":");
-        } else {
-            if !self.first {
-                self.buf.push(b' ');
-            }
-            self.buf.extend_from_slice(key.as_bytes());
-            self.buf.push(b'=');
-        }
+    fn key(&mut self, key: Key) {
+        let written = match (self.json, self.first) {
+            (true, _) => key.json,
+            (false, false) => key.text,
+            (false, true) => key.text.get(1..).unwrap_or_default(),
+        };
+        self.buf.extend_from_slice(written.as_bytes());
         self.first = false;
     }
 }
@@ -252,10 +268,31 @@ fn plain(b: u8) -> bool {
     (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'
 }
 
+/// Whether every byte of `value` is [`plain`]: eight bytes at a time, as most are.
+fn all_plain(value: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES << 7;
+    let mut words = value.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_ne_bytes(bytes);
+        // A byte's high bit ends up set when it is below 0x20, or 0x80 and above, or equal to
+        // `"`, `\` or DEL (its XOR is then 0, minus one wraps). A borrow can only carry into
+        // the next byte from a byte that was flagged itself, so no plain word is flagged.
+        let equal = |c: u8| (w ^ (ONES * u64::from(c))).wrapping_sub(ONES);
+        let flagged = w | w.wrapping_sub(ONES * 0x20) | equal(b'"') | equal(b'\\') | equal(0x7f);
+        if flagged & HIGH != 0 {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| plain(b))
+}
+
 /// `value` as a JSON string, escaped as serde_json escapes; bytes that are not UTF-8 become
 /// U+FFFD.
 fn json_str(buf: &mut Vec<u8>, value: &[u8]) {
-    if value.iter().all(|&b| plain(b)) {
+    if all_plain(value) {
         buf.push(b'"');
         buf.extend_from_slice(value);
         buf.push(b'"');
@@ -266,7 +303,7 @@ fn json_str(buf: &mut Vec<u8>, value: &[u8]) {
 
 /// `value` quoted and escaped as `{:?}` writes a `&str`; bytes that are not UTF-8 become U+FFFD.
 fn debug_str(buf: &mut Vec<u8>, value: &[u8]) {
-    if value.iter().all(|&b| plain(b)) {
+    if all_plain(value) {
         buf.push(b'"');
         buf.extend_from_slice(value);
         buf.push(b'"');
@@ -282,8 +319,8 @@ mod tests {
     /// 2026-12-03T16:42:30Z plus 7 µs.
     const AT: Duration = Duration::new(1_796_316_150, 7_000);
 
-    fn one(style: Style, key: &str, value: &[u8]) -> String {
-        let line = render(style, "t", AT, |f| f.str(key, value));
+    fn one(style: Style, value: &[u8]) -> String {
+        let line = render(style, "t", AT, |f| f.str(log_key!("v"), value));
         String::from_utf8(line).expect("a line is UTF-8")
     }
 
@@ -303,15 +340,17 @@ mod tests {
 
     #[test]
     fn the_timestamp_and_framing_are_the_subscribers() {
-        let json = render(Style::Json, "bentogate::access", AT, |f| f.u64("n", 1));
+        let json = render(Style::Json, "bentogate::access", AT, |f| {
+            f.u64(log_key!("n"), 1)
+        });
         assert_eq!(
             String::from_utf8(json).unwrap(),
             "{\"timestamp\":\"2026-12-03T16:42:30.000007Z\",\"level\":\"INFO\",\"n\":1,\
              \"target\":\"bentogate::access\"}\n"
         );
         let text = render(Style::Text, "bentogate::access", AT, |f| {
-            f.u64("n", 1);
-            f.bool("ok", false);
+            f.u64(log_key!("n"), 1);
+            f.bool(log_key!("ok"), false);
         });
         assert_eq!(
             String::from_utf8(text).unwrap(),
@@ -354,9 +393,9 @@ mod tests {
             for key_kind in 0..2 {
                 let line = render(Style::Json, "t", AT, |f| {
                     if key_kind == 0 {
-                        f.str("v", value)
+                        f.str(log_key!("v"), value)
                     } else {
-                        f.display("v", value)
+                        f.display(log_key!("v"), value)
                     }
                 });
                 let text = String::from_utf8(line).expect("UTF-8");
@@ -379,17 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn the_word_at_a_time_scan_agrees_with_the_byte_check() {
+        for at in 0..17 {
+            for b in 0..=255u8 {
+                let mut v = [b'a'; 17];
+                v[at] = b;
+                assert_eq!(all_plain(&v), plain(b), "byte {b:#x} at {at}");
+            }
+        }
+        // Two neighbours in one word, so that a borrow from one reaches the other.
+        for x in 0..=255u8 {
+            for y in 0..=255u8 {
+                let v = [b'a', b'a', b'a', x, y, b'a', b'a', b'a'];
+                assert_eq!(all_plain(&v), plain(x) && plain(y), "{x:#x} {y:#x}");
+            }
+        }
+    }
+
+    #[test]
     fn text_strings_are_escaped_as_debug_and_stay_on_one_line() {
         for value in HOSTILE {
-            let text = one(Style::Text, "v", value);
+            let text = one(Style::Text, value);
             let want = format!("{:?}", String::from_utf8_lossy(value));
             assert!(text.ends_with(&format!(" t: v={want}\n")), "{text}");
             assert_eq!(text.find('\n'), Some(text.len() - 1), "{text}");
         }
         // A bare (Display) value is quoted as soon as it could be read as more than one field.
         let line = render(Style::Text, "t", AT, |f| {
-            f.display("m", b"GET");
-            f.display("x", b"a b=c");
+            f.display(log_key!("m"), b"GET");
+            f.display(log_key!("x"), b"a b=c");
         });
         assert!(String::from_utf8(line)
             .unwrap()
@@ -405,10 +462,12 @@ mod tests {
             "[::ffff:1.2.3.4]:9",
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
-            let json = render(Style::Json, "t", AT, |f| f.addr("client", &addr));
+            let json = render(Style::Json, "t", AT, |f| f.addr(log_key!("client"), &addr));
             let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
             assert_eq!(v["client"], addr.to_string());
-            let text = String::from_utf8(render(Style::Text, "t", AT, |f| f.addr("c", &addr)));
+            let text = String::from_utf8(render(Style::Text, "t", AT, |f| {
+                f.addr(log_key!("c"), &addr)
+            }));
             assert!(text.unwrap().ends_with(&format!(" t: c={addr}\n")));
         }
     }

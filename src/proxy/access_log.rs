@@ -26,6 +26,7 @@ use http::{HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use crate::log_key;
 use crate::log_line::{self, Fields, Style};
 use crate::metrics::Outcome;
 use crate::token::Token;
@@ -107,26 +108,28 @@ impl Line {
 
     /// The line's fields, by hand, in the order and form of [`Line::event`]'s.
     fn fields(&self, f: &mut Fields<'_>, complete: bool) {
-        f.addr("client", &self.client);
-        f.str("host", self.host().as_bytes());
-        f.display("method", self.logged.method.as_str().as_bytes());
-        f.str("path", self.path().as_bytes());
+        f.addr(log_key!("client"), &self.client);
+        f.str(log_key!("host"), self.host().as_bytes());
+        f.display(log_key!("method"), self.logged.method.as_str().as_bytes());
+        f.str(log_key!("path"), self.path().as_bytes());
         f.str(
-            "deployment",
+            log_key!("deployment"),
             self.deployment.as_deref().unwrap_or("-").as_bytes(),
         );
-        f.u64("status", self.status.into());
-        f.str("decision", self.outcome.as_str().as_bytes());
-        f.u64("bytes_in", self.logged.bytes_in.load(Ordering::Relaxed));
-        f.u64("bytes_out", self.bytes_out);
-        f.bool("complete", complete);
-        f.str(
-            "request_id",
-            self.request_id.to_str().unwrap_or("-").as_bytes(),
+        f.u64(log_key!("status"), self.status.into());
+        f.str(log_key!("decision"), self.outcome.as_str().as_bytes());
+        f.u64(
+            log_key!("bytes_in"),
+            self.logged.bytes_in.load(Ordering::Relaxed),
         );
+        f.u64(log_key!("bytes_out"), self.bytes_out);
+        f.bool(log_key!("complete"), complete);
+        // Always text: request_id::take keeps a client's id only if it is plain ASCII (and
+        // generates it otherwise), so `to_str` would only check it again.
+        f.str(log_key!("request_id"), self.request_id.as_bytes());
         let uid = self.token.as_deref().map_or("-", |t| t.uid.as_str());
-        f.str("token_uid", uid.as_bytes());
-        f.u64("latency_us", self.latency.as_micros() as u64);
+        f.str(log_key!("token_uid"), uid.as_bytes());
+        f.u64(log_key!("latency_us"), self.latency.as_micros() as u64);
     }
 
     /// The line as a `tracing` event, for the subscriber to format.
