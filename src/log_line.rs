@@ -25,7 +25,7 @@ pub enum Style {
     Off,
 }
 
-/// A field's name as each format writes it before the value, built by [`key!`] at compile
+/// A field's name as each format writes it before the value, built by [`log_key!`](crate::log_key) at compile
 /// time so that writing it is one copy.
 #[derive(Clone, Copy, Debug)]
 pub struct Key {
