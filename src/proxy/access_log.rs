@@ -40,8 +40,8 @@ static STYLE: OnceLock<Style> = OnceLock::new();
 /// Sets how access-log lines are written, once, after the tracing subscriber is installed:
 /// `style` is the subscriber's format ([`Style::Json`], [`Style::Text`], or [`Style::Tracing`]
 /// for what this module does not write by hand, such as colours). When the subscriber's filter
-/// turns [`TARGET`] at INFO off, lines are not written at all, as the subscriber would drop them
-/// (the filter is fixed for the process: a reload does not change it).
+/// turns `bentogate::access` at INFO off, lines are not written at all, as the subscriber would
+/// drop them (the filter is fixed for the process: a reload does not change it).
 pub fn init(style: Style) {
     let style = match style {
         Style::Json | Style::Text if !tracing::enabled!(target: TARGET, tracing::Level::INFO) => {
