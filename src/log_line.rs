@@ -25,8 +25,8 @@ pub enum Style {
     Off,
 }
 
-/// A field's name as each format writes it before the value, built by [`log_key!`](crate::log_key) at compile
-/// time so that writing it is one copy.
+/// A field's name as each format writes it before the value, built at compile time by
+/// [`log_key!`](crate::log_key) so that writing it is one copy.
 #[derive(Clone, Copy, Debug)]
 pub struct Key {
     /// `,"name":`
