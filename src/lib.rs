@@ -24,6 +24,7 @@
 //! config/         YAML -> validated Config: raw shapes, resolver, defaults
 //! token.rs        token values, digests, the Token record
 //! clock.rs        Unix seconds and timestamp formats
+//! log_line.rs     log lines formatted by hand (the access log's), as the tracing subscriber would
 //! periodic.rs     background work on a period until shutdown
 //! yaml.rs         every YAML read and write; the one file that names the YAML parser
 //! ```
@@ -38,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod log_line;
 pub mod metrics;
 pub mod path;
 pub mod periodic;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use bentogate::cli::{self, Cli, Command};
 use bentogate::config::{Config, LogFormat};
+use bentogate::log_line::Style;
 use bentogate::server::{self, Listeners};
 
 use bentogate::store::TokenStore;
@@ -183,14 +184,21 @@ fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Pretty => builder.init(),
     }
+    // The access log writes its lines itself, in the subscriber's format, to the same stderr.
+    bentogate::proxy::access_log::init(match config.log.format {
+        LogFormat::Json => Style::Json,
+        LogFormat::Pretty if !ansi => Style::Text,
+        LogFormat::Pretty => Style::Tracing,
+    });
 }
 
 fn serve(config: Config, path: Option<std::path::PathBuf>) -> ExitCode {
