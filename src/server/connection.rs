@@ -44,6 +44,10 @@ pub(super) fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        // One buffer, one write(2), instead of a vectored write of head and body: the small
+        // heads and bodies of most responses cost fewer instructions copied than queued
+        // (measured in bench/floor.rs: -325 per refusal); large bodies are copied once.
+        .writev(false)
         .max_buf_size(buf);
     builder
         .http2()
