@@ -132,50 +132,42 @@ enum Serving {
     Http1(server_http1::Builder),
 }
 
+/// Applies the HTTP/1.1 knobs to either builder (hyper-util's auto builder's `http1()` and
+/// hyper's own have the same methods but no common trait).
+macro_rules! knobs {
+    ($h1:ident, $args:ident) => {
+        if $args.timer == Knob::On {
+            $h1.timer(TokioTimer::new());
+        } else {
+            $h1.header_read_timeout(None);
+        }
+        if let Some(v) = $args.writev.value() {
+            $h1.writev(v);
+        }
+        if let Some(max) = $args.max_buf_size {
+            $h1.max_buf_size(max);
+        }
+        if let Some(v) = $args.date.value() {
+            $h1.auto_date_header(v);
+        }
+        if let Some(v) = $args.half_close.value() {
+            $h1.half_close(v);
+        }
+    };
+}
+
 impl Serving {
     fn new(args: &Args) -> Serving {
         match args.server {
             Server::Auto => {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 let mut h1 = builder.http1();
-                if args.timer == Knob::On {
-                    h1.timer(TokioTimer::new());
-                } else {
-                    h1.header_read_timeout(None);
-                }
-                if let Some(v) = args.writev.value() {
-                    h1.writev(v);
-                }
-                if let Some(max) = args.max_buf_size {
-                    h1.max_buf_size(max);
-                }
-                if let Some(v) = args.date.value() {
-                    h1.auto_date_header(v);
-                }
-                if let Some(v) = args.half_close.value() {
-                    h1.half_close(v);
-                }
+                knobs!(h1, args);
                 Serving::Auto(builder)
             }
             Server::Http1 => {
                 let mut h1 = server_http1::Builder::new();
-                if args.timer == Knob::On {
-                    h1.timer(TokioTimer::new());
-                } else {
-                    h1.header_read_timeout(None);
-                }
-                if let Some(v) = args.writev.value() {
-                    h1.writev(v);
-                }
-                if let Some(max) = args.max_buf_size {
-                    h1.max_buf_size(max);
-                }
-                if let Some(v) = args.date.value() {
-                    h1.auto_date_header(v);
-                }
-                if let Some(v) = args.half_close.value() {
-                    h1.half_close(v);
-                }
+                knobs!(h1, args);
                 Serving::Http1(h1)
             }
         }
