@@ -89,6 +89,41 @@ async fn a_silent_connection_is_cut_at_the_header_timeout() {
     );
 }
 
+/// The first bytes decide HTTP/1.1 or HTTP/2 (whose preface starts `PRI`): a client that sends
+/// one ambiguous byte and then trickles an HTTP/1.1 head is still cut at the header timeout, not
+/// taken for an HTTP/2 connection that owes no head.
+#[tokio::test]
+async fn a_head_that_begins_like_the_http2_preface_is_still_timed() {
+    let u = upstream().await;
+    let g = gate(&format!(
+        "limits: {{header_read_timeout: 300ms, keepalive_timeout: 30s}}\ndeployments:\n{}",
+        deployment("a", u.addr, "public", "")
+    ))
+    .await;
+    for first in [&b"P"[..], b"PRI * HT"] {
+        let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The rest arrives a byte at a time, never ending the head.
+        let mut buf = Vec::new();
+        let trickle = async {
+            for b in b"OST / HTTP/1.1\r\nhost: x\r\nx-slow: " {
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s.read_to_end(&mut buf).await
+        };
+        let closed = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+        assert!(
+            closed.is_ok(),
+            "a head starting {first:?} still open 5 s after a 300 ms header timeout"
+        );
+    }
+    assert!(u.seen.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let u = upstream().await;

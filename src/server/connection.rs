@@ -177,7 +177,7 @@ where
         inner: io,
         activity: Arc::clone(&activity),
         opened,
-        state: Watch::First,
+        state: Watch::First(0),
     });
     let conn = settings.builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -238,8 +238,10 @@ where
 /// Where the reader stands on noting request heads.
 #[derive(Clone, Copy, PartialEq)]
 enum Watch {
-    /// Nothing read yet: the first bytes tell HTTP/2's preface from an HTTP/1.1 head.
-    First,
+    /// The first bytes, as many of HTTP/2's preface as have matched so far: they tell it from an
+    /// HTTP/1.1 head (the connection is timed from its open meanwhile, so a client cannot stall
+    /// the decision by sending the preface's first bytes slowly).
+    First(u8),
     /// HTTP/1.1: bytes read while no request is in flight start a head.
     Heads,
     /// HTTP/2: frames arrive between requests (pings, settings); hyper times nothing there.
@@ -273,14 +275,17 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
         if read.is_empty() {
             return polled;
         }
-        if *this.state == Watch::First {
-            let n = read.len().min(H2_PREFACE.len());
-            *this.state = if read[..n] == H2_PREFACE[..n] {
+        if let Watch::First(matched) = *this.state {
+            let matched = usize::from(matched);
+            let n = read.len().min(H2_PREFACE.len() - matched);
+            *this.state = if read[..n] != H2_PREFACE[matched..matched + n] {
+                Watch::Heads
+            } else if matched + n == H2_PREFACE.len() {
                 // No head is owed on HTTP/2: its streams are judged by hyper.
                 this.activity.head_since.store(0, Ordering::Relaxed);
                 Watch::Frames
             } else {
-                Watch::Heads
+                Watch::First((matched + n) as u8)
             };
         }
         if *this.state == Watch::Heads {
