@@ -34,10 +34,24 @@ impl Digest {
     /// Digests a token value.
     #[inline]
     pub fn of(value: &[u8]) -> Self {
-        // ring's SHA-256 (assembly: SHA extensions, else AVX2/SSSE3) rather than the `sha2`
-        // crate's portable Rust, which is what runs on CPUs without the SHA extensions (most
-        // Intel server parts before Ice Lake) and costs ~3,400 instructions per value against
-        // ring's ~1,300 there (BENCHMARKS.md, eighth session). Every request digests once.
+        if sha_extensions() {
+            Digest::of_with_extensions(value)
+        } else {
+            Digest::of_without_extensions(value)
+        }
+    }
+
+    /// The `sha2` crate, which uses the CPU's SHA extensions: 70 ns a value where they exist
+    /// (ring's code took 103 ns on the same AMD EPYC; BENCHMARKS.md, eighth session).
+    fn of_with_extensions(value: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(value).into())
+    }
+
+    /// ring's assembly (AVX2/SSSE3) where the CPU has no SHA extensions (most Intel server parts
+    /// before Ice Lake, and valgrind's virtual CPU): about 2,100 instructions a value against the
+    /// `sha2` crate's portable Rust's 3,400.
+    fn of_without_extensions(value: &[u8]) -> Self {
         let mut out = [0u8; 32];
         out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, value).as_ref());
         Digest(out)
@@ -49,6 +63,23 @@ impl Digest {
         let mut out = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut out).ok()?;
         Some(Digest(out))
+    }
+}
+
+/// True when the CPU has SHA-256 instructions (std caches the answer: one load per call).
+#[inline]
+fn sha_extensions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("sha") && std::arch::is_x86_feature_detected!("sse4.1")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("sha2")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
     }
 }
 
@@ -556,6 +587,23 @@ pub fn show_time(t: Option<UnixSeconds>) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn both_sha256_implementations_give_the_same_digest() {
+        // The one the CPU picks and the other must agree, whatever this CPU has.
+        for len in 0..200 {
+            let value: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            assert_eq!(
+                Digest::of_with_extensions(&value),
+                Digest::of_without_extensions(&value),
+                "length {len}"
+            );
+        }
+        assert_eq!(
+            Digest::of(b"abc").to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
     use super::*;
 
     #[test]
