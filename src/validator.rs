@@ -208,17 +208,25 @@ impl Validator {
     /// live token, a miss and a lookup for anything else. Never cached, never allocates.
     #[inline]
     fn judge_in_index(&self, digest: &Digest, now: UnixSeconds) -> Verdict {
-        match self.source.lookup_now(digest).flatten() {
-            Some(token) => {
-                self.metrics.cache_hits.inc();
-                verdict(Some(token), now)
-            }
-            None => {
-                self.metrics.cache_misses.inc();
-                self.metrics.source_lookups.inc();
-                Verdict::Unknown
-            }
-        }
+        self.index_hit(digest, now)
+            .unwrap_or_else(|| self.absent_from_index())
+    }
+
+    /// A live token in the in-memory source's index, counted as a hit; none when it lacks the
+    /// digest (not counted: [`Validator::absent_from_index`] does, once the caller settles).
+    #[inline]
+    fn index_hit(&self, digest: &Digest, now: UnixSeconds) -> Option<Verdict> {
+        let token = self.source.lookup_now(digest).flatten()?;
+        self.metrics.cache_hits.inc();
+        Some(verdict(Some(token), now))
+    }
+
+    /// The answer for a value the in-memory index lacks: a miss and a lookup in the metrics, as
+    /// a remote source's would be.
+    fn absent_from_index(&self) -> Verdict {
+        self.metrics.cache_misses.inc();
+        self.metrics.source_lookups.inc();
+        Verdict::Unknown
     }
 
     /// The remote path (introspect, postgres): a fresh entry answers; otherwise one source
@@ -354,11 +362,8 @@ impl Validator {
         }
         let digest = Digest::of(value);
         if self.in_memory {
-            return match self.source.lookup_now(&digest).flatten() {
-                Some(token) => {
-                    self.metrics.cache_hits.inc();
-                    Probe::Verdict(verdict(Some(token), now))
-                }
+            return match self.index_hit(&digest, now) {
+                Some(hit) => Probe::Verdict(hit),
                 None => Probe::Miss(Miss {
                     digest,
                     absent: true,
@@ -378,9 +383,7 @@ impl Validator {
     /// in-memory index lacks, answers `Unknown` and counts the miss and the lookup).
     pub async fn settle(&self, value: &[u8], miss: Miss, now: UnixSeconds) -> Verdict {
         if miss.absent {
-            self.metrics.cache_misses.inc();
-            self.metrics.source_lookups.inc();
-            return Verdict::Unknown;
+            return self.absent_from_index();
         }
         self.validate_digest(value, miss.digest, now).await
     }

@@ -516,39 +516,14 @@ async fn an_h2c_upgrade_reaches_the_upstream_as_a_plain_request() {
     }
 }
 
-/// Reads one response (head and a Content-Length body) without waiting for the connection to
-/// close.
+/// Sends `request` on a new connection and reads one answer without waiting for the
+/// connection to close.
 async fn first_answer(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-                return (status, body.to_owned());
-            }
-        }
-        assert!(Instant::now() < deadline, "no complete answer: {text}");
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "connection closed early: {text}");
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    let (status, _head, body) = common::raw::read_answer(&mut stream).await;
+    (status, body)
 }
 
 #[tokio::test]

@@ -173,14 +173,14 @@ async fn the_header_timeout_times_each_head_and_not_the_idle_time_between_them()
     let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
     let request = b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n";
     s.write_all(request).await.unwrap();
-    let first = read_response_head(&mut s).await;
+    let (_, first, _) = common::raw::read_answer(&mut s).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     // Idle for more than three header timeouts: still open, and the next request is served.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     s.write_all(b"GET /two HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let second = read_response_head(&mut s).await;
+    let (_, second, _) = common::raw::read_answer(&mut s).await;
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
     // A third head that never completes is cut off (between 1 and 1.5 timeouts, plus slack).
     let started = std::time::Instant::now();
@@ -200,32 +200,6 @@ async fn the_header_timeout_times_each_head_and_not_the_idle_time_between_them()
         2,
         "the cut request reached the upstream"
     );
-}
-
-/// Reads one response's head and its body (`content-length` bodies only), returning the head.
-async fn read_response_head(s: &mut tokio::net::TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
-            .await
-            .expect("no response within 5 s")
-            .unwrap();
-        assert_eq!(n, 1, "closed before the response head ended");
-        got.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&got).into_owned();
-    let length = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    s.read_exact(&mut body).await.unwrap();
-    head
 }
 
 /// HTTP/2 has no request head to time between requests: frames that arrive while no request is

@@ -14,6 +14,7 @@ use bentogate::server::Running;
 pub mod cli;
 pub mod console_suite;
 pub mod pki;
+pub mod raw;
 pub mod remote_file;
 pub mod store_suite;
 pub mod web;
