@@ -19,23 +19,36 @@
 //! - `--mode forward`: every request goes to the upstream unchanged and the response comes back
 //!   streaming (the upstream's `Incoming` body passed through): the floor of a forward.
 //!
-//! The remaining flags switch hyper's builder knobs, to measure what each costs.
+//! The remaining flags switch hyper's builder knobs, to measure what each costs, and two
+//! departures from bentogate's design, to measure what they would buy:
 //!
-//! Last result (hyper 1.12.0, hyper-util 0.1.21, tokio 1.54.1; N=1000; nginx 25,288 forwarded,
-//! 11,649 refused):
+//! - `--client-inline on`: the upstream connection is driven inside the request's task (the
+//!   response future, then the response body, poll it) instead of a spawned task reached over
+//!   hyper's channel.
+//! - `--server raw` (refuse only): no hyper on the server side; `httparse` on a read buffer and a
+//!   pre-rendered answer, keep-alive. An HTTP/1.1 codec of one's own, reduced to its cost.
+//!
+//! Last results (hyper 1.12.0, hyper-util 0.1.21, tokio 1.54.1; N=1000; nginx 25,288 forwarded,
+//! 11,649 refused; the last three rows measured in the ninth session, nginx 25,290 / 11,737):
 //!
 //! | flags                                                          | refuse | forward |
 //! |----------------------------------------------------------------|-------:|--------:|
 //! | (defaults: auto, timer with header read timeout, as bentogate) | 11,257 | ~28,200-29,000 |
 //! | `--timer off`                                                  |  9,828 |  26,320 |
 //! | `--timer off --writev off --half-close on --client-writev off` |  8,690 |  24,410 |
+//! | `--timer off --writev off` (bentogate's knobs now)             |  9,193 |  25,702 |
+//! | `--timer off --writev off --client-inline on`                  |        |  30,494 |
+//! | `--server raw`                                                 |  3,275 |         |
 //!
 //! With the timer on, forward counts move by several hundred between runs (the timer wheel
 //! depends on wall time); with it off they repeat to within a few instructions.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
@@ -71,6 +84,10 @@ enum Server {
     Auto,
     /// hyper's HTTP/1.1-only builder.
     Http1,
+    /// No hyper: `httparse` on a read buffer and a pre-rendered answer written back, keep-alive,
+    /// `--mode refuse` only. What a refusal costs on an HTTP/1.1 codec of one's own (it reads no
+    /// request body: the harness sends GETs).
+    Raw,
 }
 
 /// A knob left at hyper's default or set either way.
@@ -124,6 +141,10 @@ struct Args {
     /// The client's vectored writes (hyper's default guesses).
     #[arg(long, value_enum, default_value = "default")]
     client_writev: Knob,
+    /// `on`: the upstream connection is driven inside the request's task (the response future and
+    /// then the response body poll it) instead of a spawned task it talks to over a channel.
+    #[arg(long, value_enum, default_value = "off")]
+    client_inline: Knob,
 }
 
 /// How connections are served: one of the two builders, with the knobs applied.
@@ -165,7 +186,7 @@ impl Serving {
                 knobs!(h1, args);
                 Serving::Auto(builder)
             }
-            Server::Http1 => {
+            Server::Http1 | Server::Raw => {
                 let mut h1 = server_http1::Builder::new();
                 knobs!(h1, args);
                 Serving::Http1(h1)
@@ -180,6 +201,60 @@ struct Upstream {
     addr: SocketAddr,
     writev: Option<bool>,
     kept: Mutex<Option<client_http1::SendRequest<Incoming>>>,
+    /// `--client-inline on`: the kept connection with its connection future, driven by whoever
+    /// holds it.
+    inline: Mutex<Option<Inline>>,
+}
+
+/// An upstream connection driven by the request task that holds it.
+struct Inline {
+    sender: client_http1::SendRequest<Incoming>,
+    conn: client_http1::Connection<TokioIo<TcpStream>, Incoming>,
+}
+
+/// The upstream's body with the connection that feeds it: each poll drives the connection first;
+/// at the end the connection goes back to `home`.
+struct InlineBody {
+    inner: Incoming,
+    pair: Option<Inline>,
+    home: Arc<Upstream>,
+}
+
+impl hyper::body::Body for InlineBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(pair) = &mut this.pair {
+            if let Poll::Ready(Err(e)) = pair.conn.poll_without_shutdown(cx) {
+                this.pair = None;
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() {
+            if let Some(pair) = this.pair.take() {
+                *this
+                    .home
+                    .inline
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(pair);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Why a forward failed; answered 502.
@@ -211,6 +286,55 @@ impl Upstream {
         Ok(res)
     }
 
+    /// `--client-inline on`: sends on the kept connection, polling it in this task.
+    async fn forward_inline(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<InlineBody>, ForwardError> {
+        let kept = self
+            .inline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut pair = match kept {
+            Some(p) if !p.sender.is_closed() => p,
+            _ => self.connect_inline().await?,
+        };
+        let Inline { sender, conn } = &mut pair;
+        poll_fn(|cx| {
+            if let Poll::Ready(Err(e)) = conn.poll_without_shutdown(cx) {
+                return Poll::Ready(Err(e));
+            }
+            sender.poll_ready(cx)
+        })
+        .await?;
+        let mut pending = pin!(sender.send_request(req));
+        let res = poll_fn(|cx| {
+            if let Poll::Ready(Err(e)) = conn.poll_without_shutdown(cx) {
+                return Poll::Ready(Err(e));
+            }
+            pending.as_mut().poll(cx)
+        })
+        .await?;
+        let home = Arc::clone(&self);
+        Ok(res.map(|inner| InlineBody {
+            inner,
+            pair: Some(pair),
+            home,
+        }))
+    }
+
+    async fn connect_inline(&self) -> Result<Inline, ForwardError> {
+        let stream = TcpStream::connect(self.addr).await?;
+        stream.set_nodelay(true)?;
+        let mut builder = client_http1::Builder::new();
+        if let Some(v) = self.writev {
+            builder.writev(v);
+        }
+        let (sender, conn) = builder.handshake(TokioIo::new(stream)).await?;
+        Ok(Inline { sender, conn })
+    }
+
     async fn connect(&self) -> Result<client_http1::SendRequest<Incoming>, ForwardError> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
@@ -228,7 +352,7 @@ impl Upstream {
     }
 }
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<Either<Incoming, InlineBody>, Full<Bytes>>;
 
 fn refuse() -> Response<Body> {
     let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
@@ -250,11 +374,19 @@ fn bad_gateway(e: &ForwardError) -> Response<Body> {
 }
 
 /// `upstream` is `None` in `--mode refuse`.
-async fn handle(upstream: Option<Arc<Upstream>>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    upstream: Option<Arc<Upstream>>,
+    inline: bool,
+    req: Request<Incoming>,
+) -> Response<Body> {
     match upstream {
         None => refuse(),
+        Some(upstream) if inline => match upstream.forward_inline(req).await {
+            Ok(res) => res.map(|b| Either::Left(Either::Right(b))),
+            Err(e) => bad_gateway(&e),
+        },
         Some(upstream) => match upstream.forward(req).await {
-            Ok(res) => res.map(Either::Left),
+            Ok(res) => res.map(|b| Either::Left(Either::Left(b))),
             Err(e) => bad_gateway(&e),
         },
     }
@@ -267,8 +399,16 @@ async fn serve(args: Args) -> std::io::Result<()> {
         addr: args.upstream,
         writev: args.client_writev.value(),
         kept: Mutex::new(None),
+        inline: Mutex::new(None),
     });
     let mode = args.mode;
+    let inline = args.client_inline == Knob::On;
+    let raw = args.server == Server::Raw;
+    if raw && mode != Mode::Refuse {
+        return Err(std::io::Error::other(
+            "--server raw serves --mode refuse only",
+        ));
+    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => pair,
@@ -278,13 +418,21 @@ async fn serve(args: Args) -> std::io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
+        if raw {
+            tokio::spawn(async move {
+                if let Err(e) = refuse_raw(stream).await {
+                    eprintln!("connection ended with an error: {e}");
+                }
+            });
+            continue;
+        }
         let serving = Arc::clone(&serving);
         let upstream = Arc::clone(&upstream);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 // Refusals take no reference: the floor of a refusal touches nothing shared.
                 let upstream = (mode == Mode::Forward).then(|| Arc::clone(&upstream));
-                async move { Ok::<_, Infallible>(handle(upstream, req).await) }
+                async move { Ok::<_, Infallible>(handle(upstream, inline, req).await) }
             });
             let io = TokioIo::new(stream);
             let result = match &*serving {
@@ -299,6 +447,35 @@ async fn serve(args: Args) -> std::io::Result<()> {
                 eprintln!("connection ended with an error: {e}");
             }
         });
+    }
+}
+
+/// `--server raw`: every request head on the connection parsed by `httparse` and answered 401
+/// from bytes rendered once; the connection closes on a malformed head or a head over 16 KiB.
+async fn refuse_raw(mut stream: TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = format!(
+        "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{REFUSED}",
+        REALM_INVALID.to_str().unwrap_or_default(),
+        REFUSED.len()
+    );
+    let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                bytes::Buf::advance(&mut buf, n);
+                stream.write_all(answer.as_bytes()).await?;
+                continue;
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => {}
+            _ => return Ok(()),
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
     }
 }
 
