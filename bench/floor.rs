@@ -206,6 +206,18 @@ struct Upstream {
     inline: Mutex<Option<Inline>>,
 }
 
+/// Polls `conn` (its share of the connection's reading and writing), then `then`.
+fn driving<T>(
+    conn: &mut client_http1::Connection<TokioIo<TcpStream>, Incoming>,
+    cx: &mut Context<'_>,
+    then: impl FnOnce(&mut Context<'_>) -> Poll<hyper::Result<T>>,
+) -> Poll<hyper::Result<T>> {
+    if let Poll::Ready(Err(e)) = conn.poll_without_shutdown(cx) {
+        return Poll::Ready(Err(e));
+    }
+    then(cx)
+}
+
 /// An upstream connection driven by the request task that holds it.
 struct Inline {
     sender: client_http1::SendRequest<Incoming>,
@@ -301,21 +313,9 @@ impl Upstream {
             _ => self.connect_inline().await?,
         };
         let Inline { sender, conn } = &mut pair;
-        poll_fn(|cx| {
-            if let Poll::Ready(Err(e)) = conn.poll_without_shutdown(cx) {
-                return Poll::Ready(Err(e));
-            }
-            sender.poll_ready(cx)
-        })
-        .await?;
+        poll_fn(|cx| driving(conn, cx, |cx| sender.poll_ready(cx))).await?;
         let mut pending = pin!(sender.send_request(req));
-        let res = poll_fn(|cx| {
-            if let Poll::Ready(Err(e)) = conn.poll_without_shutdown(cx) {
-                return Poll::Ready(Err(e));
-            }
-            pending.as_mut().poll(cx)
-        })
-        .await?;
+        let res = poll_fn(|cx| driving(conn, cx, |cx| pending.as_mut().poll(cx))).await?;
         let home = Arc::clone(&self);
         Ok(res.map(|inner| InlineBody {
             inner,
@@ -324,6 +324,7 @@ impl Upstream {
         }))
     }
 
+    /// A new connection, not driven yet: `connect` spawns its driver, `--client-inline` keeps it.
     async fn connect_inline(&self) -> Result<Inline, ForwardError> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
@@ -336,13 +337,7 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<client_http1::SendRequest<Incoming>, ForwardError> {
-        let stream = TcpStream::connect(self.addr).await?;
-        stream.set_nodelay(true)?;
-        let mut builder = client_http1::Builder::new();
-        if let Some(v) = self.writev {
-            builder.writev(v);
-        }
-        let (sender, conn) = builder.handshake(TokioIo::new(stream)).await?;
+        let Inline { sender, conn } = self.connect_inline().await?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 eprintln!("upstream connection ended with an error: {e}");
