@@ -446,7 +446,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
 }
 
 /// `--server raw`: every request head on the connection parsed by `httparse` and answered 401
-/// from bytes rendered once; the connection closes on a malformed head or a head over 16 KiB.
+/// from bytes rendered once (no `Date` header, which hyper adds from a per-second cache); the
+/// connection closes on a malformed head or a head over 16 KiB.
 async fn refuse_raw(mut stream: TcpStream) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let answer = format!(
