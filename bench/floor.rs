@@ -147,10 +147,12 @@ struct Args {
     client_inline: Knob,
 }
 
-/// How connections are served: one of the two builders, with the knobs applied.
+/// How connections are served: one of the two builders, with the knobs applied, or no hyper.
 enum Serving {
     Auto(auto::Builder<TokioExecutor>),
     Http1(server_http1::Builder),
+    /// `--server raw`: the 401 every request gets, rendered once.
+    Raw(Bytes),
 }
 
 /// Applies the HTTP/1.1 knobs to either builder (hyper-util's auto builder's `http1()` and
@@ -178,20 +180,31 @@ macro_rules! knobs {
 }
 
 impl Serving {
-    fn new(args: &Args) -> Serving {
-        match args.server {
+    fn new(args: &Args) -> std::io::Result<Serving> {
+        Ok(match args.server {
             Server::Auto => {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 let mut h1 = builder.http1();
                 knobs!(h1, args);
                 Serving::Auto(builder)
             }
-            Server::Http1 | Server::Raw => {
+            Server::Http1 => {
                 let mut h1 = server_http1::Builder::new();
                 knobs!(h1, args);
                 Serving::Http1(h1)
             }
-        }
+            Server::Raw if args.mode == Mode::Refuse => Serving::Raw(Bytes::from(format!(
+                "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: {}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{REFUSED}",
+                REALM_INVALID.to_str().unwrap_or_default(),
+                REFUSED.len()
+            ))),
+            Server::Raw => {
+                return Err(std::io::Error::other(
+                    "--server raw serves --mode refuse only",
+                ))
+            }
+        })
     }
 }
 
@@ -278,14 +291,14 @@ enum ForwardError {
     Http(#[from] hyper::Error),
 }
 
+/// Takes what `slot` keeps, leaving it empty.
+fn take_kept<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
 impl Upstream {
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ForwardError> {
-        let kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let mut sender = match kept {
+        let mut sender = match take_kept(&self.kept) {
             Some(s) if !s.is_closed() => s,
             _ => self.connect().await?,
         };
@@ -303,12 +316,7 @@ impl Upstream {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<InlineBody>, ForwardError> {
-        let kept = self
-            .inline
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let mut pair = match kept {
+        let mut pair = match take_kept(&self.inline) {
             Some(p) if !p.sender.is_closed() => p,
             _ => self.connect_inline().await?,
         };
@@ -389,7 +397,7 @@ async fn handle(
 
 async fn serve(args: Args) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
-    let serving = Arc::new(Serving::new(&args));
+    let serving = Arc::new(Serving::new(&args)?);
     let upstream = Arc::new(Upstream {
         addr: args.upstream,
         writev: args.client_writev.value(),
@@ -398,12 +406,6 @@ async fn serve(args: Args) -> std::io::Result<()> {
     });
     let mode = args.mode;
     let inline = args.client_inline == Knob::On;
-    let raw = args.server == Server::Raw;
-    if raw && mode != Mode::Refuse {
-        return Err(std::io::Error::other(
-            "--server raw serves --mode refuse only",
-        ));
-    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(pair) => pair,
@@ -413,14 +415,6 @@ async fn serve(args: Args) -> std::io::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        if raw {
-            tokio::spawn(async move {
-                if let Err(e) = refuse_raw(stream).await {
-                    eprintln!("connection ended with an error: {e}");
-                }
-            });
-            continue;
-        }
         let serving = Arc::clone(&serving);
         let upstream = Arc::clone(&upstream);
         tokio::spawn(async move {
@@ -429,11 +423,14 @@ async fn serve(args: Args) -> std::io::Result<()> {
                 let upstream = (mode == Mode::Forward).then(|| Arc::clone(&upstream));
                 async move { Ok::<_, Infallible>(handle(upstream, inline, req).await) }
             });
-            let io = TokioIo::new(stream);
             let result = match &*serving {
-                Serving::Auto(b) => b.serve_connection_with_upgrades(io, service).await,
+                Serving::Raw(answer) => refuse_raw(stream, answer).await.map_err(Into::into),
+                Serving::Auto(b) => {
+                    b.serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await
+                }
                 Serving::Http1(b) => b
-                    .serve_connection(io, service)
+                    .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await
                     .map_err(Into::into),
@@ -445,17 +442,11 @@ async fn serve(args: Args) -> std::io::Result<()> {
     }
 }
 
-/// `--server raw`: every request head on the connection parsed by `httparse` and answered 401
-/// from bytes rendered once (no `Date` header, which hyper adds from a per-second cache); the
+/// `--server raw`: every request head on the connection parsed by `httparse` and answered with
+/// `answer` (rendered once; no `Date` header, which hyper adds from a per-second cache); the
 /// connection closes on a malformed head or a head over 16 KiB.
-async fn refuse_raw(mut stream: TcpStream) -> std::io::Result<()> {
+async fn refuse_raw(mut stream: TcpStream, answer: &[u8]) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let answer = format!(
-        "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: {}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{REFUSED}",
-        REALM_INVALID.to_str().unwrap_or_default(),
-        REFUSED.len()
-    );
     let mut buf = bytes::BytesMut::with_capacity(16 * 1024);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -463,7 +454,7 @@ async fn refuse_raw(mut stream: TcpStream) -> std::io::Result<()> {
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(n)) => {
                 bytes::Buf::advance(&mut buf, n);
-                stream.write_all(answer.as_bytes()).await?;
+                stream.write_all(answer).await?;
                 continue;
             }
             Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => {}
@@ -490,7 +481,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(serve(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cannot listen: {e}");
+            eprintln!("floor: {e}");
             std::process::ExitCode::FAILURE
         }
     }

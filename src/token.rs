@@ -587,6 +587,7 @@ pub fn show_time(t: Option<UnixSeconds>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn both_sha256_implementations_give_the_same_digest() {
@@ -604,7 +605,6 @@ mod tests {
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
-    use super::*;
 
     #[test]
     fn values_in_messages_are_redacted_and_nothing_else() {
